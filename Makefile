@@ -1,0 +1,67 @@
+# lmkit course. The two commands a student needs: `make lab` and `make test`.
+PYTHON ?= python3
+VENV   := .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.installed
+export HF_HUB_OFFLINE := 1
+export TRANSFORMERS_OFFLINE := 1
+export TOKENIZERS_PARALLELISM := false
+export PYDEVD_DISABLE_FILE_VALIDATION := 1
+
+NOTEBOOKS := chapters solutions exercises
+PYTEST_NB := --nbval --nbval-current-env --nbval-sanitize-with tests/sanitize.cfg \
+             --nbval-cell-timeout 600
+
+.PHONY: setup lab test unit notebooks lint exercises notebooks slides bench lock clean
+
+## setup: create .venv from requirements.lock (only when missing or the lock changed)
+setup: $(STAMP)
+
+$(STAMP): requirements.lock pyproject.toml
+	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --disable-pip-version-check -q -r requirements.lock
+	$(BIN)/python -m pip install --disable-pip-version-check -q --no-deps -e .
+	$(BIN)/python -m ipykernel install --sys-prefix --name lmkit --display-name "Python (lmkit)" >/dev/null
+	@touch $(STAMP)
+
+## lab: open JupyterLab on the course
+lab: setup
+	$(BIN)/jupyter lab --ServerApp.root_dir=. $(if $(filter 0,$(shell id -u)),--allow-root)
+
+## test: every unit test, every notebook under nbval, the exercise sync check, and ruff
+test: setup
+	$(BIN)/ruff check .
+	$(BIN)/python -m pytest -n 2 --dist loadfile -p no:cacheprovider $(PYTEST_NB) tests $(NOTEBOOKS)
+
+## unit: the unit tests alone (fast)
+unit: setup
+	$(BIN)/python -m pytest -q -p no:cacheprovider tests
+
+## lint: ruff over the package, tests, tools and notebooks
+lint: setup
+	$(BIN)/ruff check .
+
+## exercises: regenerate exercises/ from solutions/
+exercises: setup
+	$(BIN)/python tools/make_exercises.py
+
+## notebooks: re-run chapters and solutions in place (stored outputs), then regenerate exercises
+notebooks: setup
+	$(BIN)/python tools/run_notebooks.py chapters/*.ipynb solutions/*.ipynb
+	$(BIN)/python tools/make_exercises.py
+
+## slides: chapters as reveal.js slides in build/slides
+slides: setup
+	$(BIN)/jupyter nbconvert --to slides --output-dir build/slides chapters/*.ipynb
+
+## bench: speed measurements against references (prints ratios)
+bench: setup
+	$(BIN)/python benchmarks/bpe_training.py
+
+## lock: refresh requirements.lock from the current .venv
+lock: setup
+	$(BIN)/python -m pip freeze --exclude-editable | sed 's/^torch==\([0-9.]*\)+.*/torch==\1/' > requirements.lock.new
+	mv requirements.lock.new requirements.lock
+
+clean:
+	rm -rf $(VENV) build .pytest_cache .ruff_cache .hypothesis
