@@ -1,0 +1,10 @@
+"""Exercise checkers, one module per chapter (`lmkit.checks.ch01`, ...).
+
+Each checker runs a student's function on several cases and compares it with lmkit's own
+answer. A wrong answer raises `AssertionError` with a hint to act on; a right one prints a
+single line saying how many cases passed.
+"""
+
+from . import ch01
+
+__all__ = ["ch01"]

@@ -1,0 +1,56 @@
+"""Execute notebooks top to bottom in place, so their stored outputs are what students see.
+
+Also normalises metadata: the `lmkit` kernel, and slide types for presenting a chapter
+(`# ` or `## ` headings start a slide, `### ` a sub-slide, everything else continues it)
+unless a cell sets its own `slideshow` metadata.
+
+Usage: python tools/run_notebooks.py chapters/01_tokenization.ipynb [...]
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+from pathlib import Path
+
+import nbformat
+from nbclient import NotebookClient
+
+KERNELSPEC = {"name": "lmkit", "display_name": "Python (lmkit)", "language": "python"}
+
+
+def normalise(nb: nbformat.NotebookNode) -> None:
+    nb.metadata["kernelspec"] = dict(KERNELSPEC)
+    for cell in nb.cells:
+        cell.metadata.pop("execution", None)
+        if "slideshow" in cell.metadata:
+            continue
+        slide = "-"
+        if cell.cell_type == "markdown":
+            first = cell.source.lstrip().split("\n", 1)[0]
+            if first.startswith(("# ", "## ")):
+                slide = "slide"
+            elif first.startswith("### "):
+                slide = "subslide"
+        cell.metadata["slideshow"] = {"slide_type": slide}
+
+
+def run(path: Path) -> float:
+    nb = nbformat.read(path, as_version=4)
+    normalise(nb)
+    start = time.perf_counter()
+    NotebookClient(
+        nb,
+        timeout=600,
+        kernel_name=KERNELSPEC["name"],
+        resources={"metadata": {"path": str(path.parent)}},
+        record_timing=False,
+    ).execute()
+    seconds = time.perf_counter() - start
+    nbformat.write(nb, path)
+    return seconds
+
+
+if __name__ == "__main__":
+    for arg in sys.argv[1:]:
+        print(f"{arg}: ran in {run(Path(arg)):.1f} s", flush=True)
