@@ -1,0 +1,219 @@
+"""Attention: scores, masks, multi-head attention and the KV cache (chapters 03, 08, 09).
+
+- `scaled_dot_product_attention`: softmax(q k^T / sqrt(D)) v written out, one line per step.
+- `causal_mask`: who may attend to whom; True = may attend.
+- `MultiHeadAttention`: q/k/v/o projections (HF names), multi-head, grouped-query (GQA/MQA),
+  sliding window, RoPE, and PyTorch's fused kernel behind one flag (`use_sdpa`).
+- `KVCache`: the keys and values of one layer, grown one step at a time while decoding.
+
+Shapes: B batch, T time (query length), Tk key length, C channels, H heads, D head dim.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from lmkit.embeddings import RotaryEmbedding
+
+__all__ = ["scaled_dot_product_attention", "causal_mask", "KVCache", "MultiHeadAttention"]
+
+
+def _check_mask(mask: Tensor, shape: tuple[int, ...]) -> None:
+    """Raise unless `mask` is boolean and broadcastable to `shape` = (B, H, Tq, Tk)."""
+    if mask.dtype != torch.bool:
+        raise ValueError(f"mask must be boolean (True = may attend), got dtype {mask.dtype}")
+    ok = mask.dim() <= 4 and all(
+        m in (1, s) for m, s in zip(reversed(mask.shape), reversed(shape))
+    )
+    if not ok:
+        raise ValueError(
+            f"mask of shape {tuple(mask.shape)} does not broadcast to (B, H, Tq, Tk) = {shape}"
+        )
+
+
+def scaled_dot_product_attention(
+    q: Tensor,
+    k: Tensor,
+    v: Tensor,
+    mask: Tensor | None = None,
+    return_weights: bool = False,
+    dropout_p: float = 0.0,
+) -> Tensor | tuple[Tensor, Tensor]:
+    """softmax(q k^T / sqrt(D), masked) v for q (B, H, Tq, D), k and v (B, H, Tk, D) (chapter 03).
+
+    `mask` is boolean, True where a query may attend to a key, broadcastable to (B, H, Tq, Tk).
+    """
+    *_, Tq, D = q.shape
+    Tk = k.shape[-2]
+    scores = q @ k.transpose(-2, -1) / math.sqrt(D)  # (B, H, Tq, Tk)
+    if mask is not None:
+        _check_mask(mask, (*scores.shape[:-2], Tq, Tk))
+        scores = scores.masked_fill(~mask, float("-inf"))
+    weights = torch.softmax(scores, dim=-1)  # (B, H, Tq, Tk), each row sums to 1
+    if dropout_p > 0.0:
+        weights = F.dropout(weights, p=dropout_p)
+    out = weights @ v  # (B, H, Tq, D)
+    return (out, weights) if return_weights else out
+
+
+def causal_mask(
+    Tq: int, Tk: int | None = None, device: torch.device | str | None = None,
+    window: int | None = None,
+) -> Tensor:
+    """Boolean (Tq, Tk) mask: query i sits at position Tk - Tq + i and sees keys j <= it (ch. 03).
+
+    With a KV cache the Tq queries are the last of Tk positions (chapter 08); with `window`
+    a query sees only itself and the window - 1 keys before it (sliding window, chapter 09).
+    """
+    Tk = Tq if Tk is None else Tk
+    if Tq > Tk:
+        raise ValueError(f"causal mask needs Tq <= Tk (queries are the last keys), got {Tq} > {Tk}")
+    if window is not None and window < 1:
+        raise ValueError(f"window must be a positive number of positions, got {window}")
+    q_pos = torch.arange(Tk - Tq, Tk, device=device)[:, None]  # (Tq, 1)
+    k_pos = torch.arange(Tk, device=device)[None, :]  # (1, Tk)
+    mask = k_pos <= q_pos  # (Tq, Tk)
+    if window is not None:
+        mask = mask & (q_pos - k_pos < window)
+    return mask
+
+
+class KVCache:
+    """Keys and values of the positions seen so far, for one attention layer (chapter 08).
+
+    `update` appends the new step's keys and values and returns all of them; `length` is the
+    number of cached positions, so the next token's position (for RoPE and learned positions).
+    """
+
+    def __init__(self):
+        self.k: Tensor | None = None  # (B, H_kv, T_past, D)
+        self.v: Tensor | None = None  # (B, H_kv, T_past, D)
+
+    @property
+    def length(self) -> int:
+        return 0 if self.k is None else self.k.shape[-2]
+
+    def update(self, k: Tensor, v: Tensor) -> tuple[Tensor, Tensor]:
+        if self.k is None:
+            self.k, self.v = k, v
+        else:
+            self.k = torch.cat((self.k, k), dim=-2)  # (B, H_kv, T_past + T, D)
+            self.v = torch.cat((self.v, v), dim=-2)
+        return self.k, self.v
+
+    def reorder(self, index: Tensor) -> None:
+        """Keep batch rows `index` (LongTensor), e.g. the surviving beams of beam search."""
+        if self.k is not None:
+            self.k, self.v = self.k[index], self.v[index]
+
+    def __repr__(self) -> str:
+        shape = None if self.k is None else tuple(self.k.shape)
+        return f"KVCache(length={self.length}, k_shape={shape})"
+
+
+class MultiHeadAttention(nn.Module):
+    """Multi-head self-attention with GQA, sliding window, RoPE and a KV cache (ch. 03, 08, 09).
+
+    n_kv_heads < n_heads shares each key/value head among n_heads // n_kv_heads query heads.
+    """
+
+    def __init__(
+        self,
+        d_model: int,
+        n_heads: int,
+        n_kv_heads: int | None = None,
+        bias: bool = True,
+        causal: bool = True,
+        dropout: float = 0.0,
+        window: int | None = None,
+        use_sdpa: bool = False,
+        rope_theta: float | None = None,
+        context_length: int = 2048,
+    ):
+        super().__init__()
+        n_kv_heads = n_heads if n_kv_heads is None else n_kv_heads
+        if d_model % n_heads != 0:
+            raise ValueError(f"d_model={d_model} is not divisible by n_heads={n_heads}")
+        if n_kv_heads < 1 or n_heads % n_kv_heads != 0:
+            raise ValueError(f"n_heads={n_heads} is not divisible by n_kv_heads={n_kv_heads}")
+        if window is not None and not causal:
+            raise ValueError("a sliding window needs causal=True")
+        self.d_model, self.n_heads, self.n_kv_heads = d_model, n_heads, n_kv_heads
+        self.head_dim = d_model // n_heads
+        self.causal, self.window, self.use_sdpa, self.dropout = causal, window, use_sdpa, dropout
+        kv_dim = n_kv_heads * self.head_dim
+        self.q_proj = nn.Linear(d_model, d_model, bias=bias)
+        self.k_proj = nn.Linear(d_model, kv_dim, bias=bias)
+        self.v_proj = nn.Linear(d_model, kv_dim, bias=bias)
+        self.o_proj = nn.Linear(d_model, d_model, bias=bias)
+        self.resid_dropout = nn.Dropout(dropout)
+        self.rotary_emb = None
+        if rope_theta is not None:
+            self.rotary_emb = RotaryEmbedding(self.head_dim, context_length, rope_theta)
+
+    def forward(
+        self,
+        x: Tensor,
+        cache: KVCache | None = None,
+        return_weights: bool = False,
+        mask: Tensor | None = None,
+    ) -> Tensor | tuple[Tensor, Tensor]:
+        """x (B, T, C) -> (B, T, C); with `return_weights` also the (B, H, T, Tk) weights.
+
+        `mask` (optional, boolean, broadcastable to (B, H, T, Tk)) is combined with the causal
+        mask, e.g. `attention_mask[:, None, None, :]` to hide padding keys.
+        """
+        if x.dim() != 3 or x.shape[-1] != self.d_model:
+            raise ValueError(
+                f"expected x of shape (B, T, C) with C={self.d_model}, got {tuple(x.shape)}"
+            )
+        B, T, C = x.shape
+        H, H_kv, D = self.n_heads, self.n_kv_heads, self.head_dim
+        start = 0 if cache is None else cache.length  # position of x's first token
+
+        q = self.q_proj(x).view(B, T, H, D).transpose(1, 2)  # (B, H, T, D)
+        k = self.k_proj(x).view(B, T, H_kv, D).transpose(1, 2)  # (B, H_kv, T, D)
+        v = self.v_proj(x).view(B, T, H_kv, D).transpose(1, 2)  # (B, H_kv, T, D)
+        if self.rotary_emb is not None:
+            q, k = self.rotary_emb(q, start), self.rotary_emb(k, start)
+        if cache is not None:
+            k, v = cache.update(k, v)  # (B, H_kv, Tk, D) with Tk = start + T
+        Tk = k.shape[-2]
+        if H_kv != H:  # GQA: query head h uses key/value head h // (H // H_kv)
+            k = k.repeat_interleave(H // H_kv, dim=1)  # (B, H, Tk, D)
+            v = v.repeat_interleave(H // H_kv, dim=1)  # (B, H, Tk, D)
+
+        # plain causal attention over the whole sequence: let PyTorch's kernel build the mask
+        fused_causal = self.causal and self.window is None and mask is None and T == Tk
+        if mask is not None:
+            _check_mask(mask, (B, H, T, Tk))
+        if self.causal:
+            cm = causal_mask(T, Tk, device=x.device, window=self.window)  # (T, Tk)
+            mask = cm if mask is None else mask & cm
+        dropout_p = self.dropout if self.training else 0.0
+
+        weights = None
+        if self.use_sdpa and not return_weights:
+            y = F.scaled_dot_product_attention(  # (B, H, T, D)
+                q, k, v, attn_mask=None if fused_causal else mask, dropout_p=dropout_p,
+                is_causal=fused_causal,
+            )
+        else:
+            y, weights = scaled_dot_product_attention(
+                q, k, v, mask, return_weights=True, dropout_p=dropout_p
+            )
+        y = y.transpose(1, 2).reshape(B, T, C)  # (B, T, H*D) = (B, T, C)
+        y = self.resid_dropout(self.o_proj(y))  # (B, T, C)
+        return (y, weights) if return_weights else y
+
+    def extra_repr(self) -> str:
+        rope = None if self.rotary_emb is None else self.rotary_emb.theta
+        return (
+            f"n_heads={self.n_heads}, n_kv_heads={self.n_kv_heads}, head_dim={self.head_dim}, "
+            f"causal={self.causal}, window={self.window}, rope_theta={rope}, "
+            f"use_sdpa={self.use_sdpa}"
+        )

@@ -1,0 +1,183 @@
+import pytest
+import torch
+import torch.nn.functional as F
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from lmkit.attention import KVCache, MultiHeadAttention, causal_mask, scaled_dot_product_attention
+
+torch.manual_seed(0)
+
+
+def qkv(B=2, H=3, Tq=5, Tk=5, D=8):
+    return torch.randn(B, H, Tq, D), torch.randn(B, H, Tk, D), torch.randn(B, H, Tk, D)
+
+
+# ----------------------------------------------------------------------- functional
+
+
+def test_explicit_attention_matches_torch_sdpa_without_mask():
+    q, k, v = qkv(Tq=4, Tk=6)
+    torch.testing.assert_close(
+        scaled_dot_product_attention(q, k, v), F.scaled_dot_product_attention(q, k, v)
+    )
+
+
+def test_explicit_attention_matches_torch_sdpa_causal():
+    q, k, v = qkv(Tq=7, Tk=7)
+    ours = scaled_dot_product_attention(q, k, v, mask=causal_mask(7))
+    torch.testing.assert_close(ours, F.scaled_dot_product_attention(q, k, v, is_causal=True))
+
+
+def test_explicit_attention_matches_torch_sdpa_with_boolean_mask():
+    q, k, v = qkv(B=2, Tq=4, Tk=6)
+    mask = torch.rand(2, 1, 4, 6) > 0.3
+    mask[..., 0] = True  # every query sees at least one key
+    ours = scaled_dot_product_attention(q, k, v, mask=mask)
+    torch.testing.assert_close(ours, F.scaled_dot_product_attention(q, k, v, attn_mask=mask))
+
+
+@settings(max_examples=30, deadline=None)
+@given(
+    B=st.integers(1, 3), H=st.integers(1, 4), Tq=st.integers(1, 9), extra=st.integers(0, 5),
+    D=st.integers(1, 16), window=st.one_of(st.none(), st.integers(1, 6)),
+    scale=st.floats(0.01, 30.0),
+)
+def test_softmax_rows_sum_to_one_and_respect_mask(B, H, Tq, extra, D, window, scale):
+    q, k, v = qkv(B, H, Tq, Tq + extra, D)
+    mask = causal_mask(Tq, Tq + extra, window=window)
+    out, w = scaled_dot_product_attention(q * scale, k, v, mask=mask, return_weights=True)
+    assert out.shape == (B, H, Tq, D) and w.shape == (B, H, Tq, Tq + extra)
+    torch.testing.assert_close(w.sum(-1), torch.ones(B, H, Tq))
+    assert (w[..., ~mask] == 0).all()
+
+
+def test_causal_mask_with_fewer_queries_than_keys_and_window():
+    expected = torch.tensor([[1, 1, 1, 1, 0], [1, 1, 1, 1, 1]], dtype=torch.bool)
+    assert torch.equal(causal_mask(2, 5), expected)  # queries are positions 3 and 4
+    windowed = torch.tensor([[0, 0, 1, 1, 0], [0, 0, 0, 1, 1]], dtype=torch.bool)
+    assert torch.equal(causal_mask(2, 5, window=2), windowed)
+    with pytest.raises(ValueError, match="Tq <= Tk"):
+        causal_mask(5, 3)
+
+
+def test_wrong_mask_shape_and_dtype_are_rejected():
+    q, k, v = qkv(B=2, H=3, Tq=4, Tk=6)
+    with pytest.raises(ValueError, match=r"mask of shape \(4, 4\) does not broadcast"):
+        scaled_dot_product_attention(q, k, v, mask=torch.ones(4, 4, dtype=torch.bool))
+    with pytest.raises(ValueError, match="mask must be boolean"):
+        scaled_dot_product_attention(q, k, v, mask=torch.ones(4, 6))
+    attn = MultiHeadAttention(16, 4)
+    with pytest.raises(ValueError, match=r"does not broadcast to \(B, H, Tq, Tk\) = \(2, 4, 5, 5\)"):
+        attn(torch.randn(2, 5, 16), mask=torch.ones(3, 1, 1, 5, dtype=torch.bool))
+
+
+# ----------------------------------------------------------------------- module
+
+
+@pytest.mark.parametrize(
+    "kwargs",
+    [
+        {},
+        {"n_kv_heads": 2},
+        {"n_kv_heads": 1, "rope_theta": 10000.0},
+        {"window": 3},
+        {"causal": False},
+    ],
+)
+def test_sdpa_path_matches_explicit_path(kwargs):
+    torch.manual_seed(1)
+    explicit = MultiHeadAttention(32, 4, **kwargs).eval()
+    fused = MultiHeadAttention(32, 4, use_sdpa=True, **kwargs).eval()
+    fused.load_state_dict(explicit.state_dict())
+    x = torch.randn(2, 9, 32)
+    torch.testing.assert_close(fused(x), explicit(x), atol=1e-6, rtol=1e-5)
+
+
+def test_module_matches_hand_computation():
+    attn = MultiHeadAttention(12, 3).eval()
+    x = torch.randn(2, 4, 12)
+    q = attn.q_proj(x).view(2, 4, 3, 4).transpose(1, 2)
+    k = attn.k_proj(x).view(2, 4, 3, 4).transpose(1, 2)
+    v = attn.v_proj(x).view(2, 4, 3, 4).transpose(1, 2)
+    y = F.scaled_dot_product_attention(q, k, v, is_causal=True).transpose(1, 2).reshape(2, 4, 12)
+    out, w = attn(x, return_weights=True)
+    torch.testing.assert_close(out, attn.o_proj(y))
+    assert w.shape == (2, 3, 4, 4)
+
+
+@pytest.mark.parametrize("kwargs", [{}, {"n_kv_heads": 2}, {"window": 2}, {"rope_theta": 1e4}])
+def test_changing_token_j_changes_no_earlier_output(kwargs):
+    attn = MultiHeadAttention(16, 4, **kwargs).eval()
+    x = torch.randn(1, 8, 16)
+    j = 5
+    x2 = x.clone()
+    x2[0, j] += 10.0
+    y, y2 = attn(x), attn(x2)
+    torch.testing.assert_close(y[:, :j], y2[:, :j])
+    assert not torch.allclose(y[:, j], y2[:, j])
+
+
+def test_gqa_equals_mha_with_repeated_key_value_weights():
+    d, H, H_kv = 24, 6, 2
+    D, group = d // H, H // H_kv
+    gqa = MultiHeadAttention(d, H, n_kv_heads=H_kv).eval()
+    mha = MultiHeadAttention(d, H).eval()
+    state = gqa.state_dict()
+    for name in ("k_proj", "v_proj"):  # kv head g serves query heads g*group .. g*group+group-1
+        w = state[f"{name}.weight"].view(H_kv, D, d).repeat_interleave(group, dim=0)
+        b = state[f"{name}.bias"].view(H_kv, D).repeat_interleave(group, dim=0)
+        state[f"{name}.weight"], state[f"{name}.bias"] = w.reshape(d, d), b.reshape(d)
+    mha.load_state_dict(state)
+    x = torch.randn(2, 7, d)
+    torch.testing.assert_close(gqa(x), mha(x))
+    assert gqa.k_proj.weight.shape == (H_kv * D, d)
+
+
+@pytest.mark.parametrize(
+    "kwargs",
+    [
+        {},
+        {"n_kv_heads": 2},
+        {"n_kv_heads": 1},
+        {"window": 3},
+        {"rope_theta": 10000.0, "n_kv_heads": 2},
+        {"rope_theta": 10000.0, "window": 4, "use_sdpa": True},
+    ],
+)
+def test_cached_step_by_step_matches_full_forward(kwargs):
+    attn = MultiHeadAttention(32, 4, **kwargs).eval()
+    x = torch.randn(2, 10, 32)
+    full = attn(x)
+    cache = KVCache()
+    steps = [attn(x[:, :4], cache=cache)]  # the prompt, then one token at a time
+    for t in range(4, 10):
+        steps.append(attn(x[:, t : t + 1], cache=cache))
+    assert cache.length == 10
+    torch.testing.assert_close(torch.cat(steps, dim=1), full, atol=1e-5, rtol=1e-5)
+
+
+def test_kv_cache_reorder_keeps_selected_rows():
+    cache = KVCache()
+    k = torch.randn(3, 2, 4, 8)
+    cache.update(k, k + 1)
+    cache.reorder(torch.tensor([2, 2, 0]))
+    torch.testing.assert_close(cache.k, k[[2, 2, 0]])
+    torch.testing.assert_close(cache.v, k[[2, 2, 0]] + 1)
+
+
+def test_clear_errors():
+    with pytest.raises(ValueError, match="d_model=30 is not divisible by n_heads=4"):
+        MultiHeadAttention(30, 4)
+    with pytest.raises(ValueError, match="n_heads=6 is not divisible by n_kv_heads=4"):
+        MultiHeadAttention(24, 6, n_kv_heads=4)
+    attn = MultiHeadAttention(64, 4)
+    with pytest.raises(ValueError, match=r"expected x of shape \(B, T, C\) with C=64, got \(2, 5\)"):
+        attn(torch.randn(2, 5))
+    with pytest.raises(ValueError, match=r"with C=64, got \(2, 5, 32\)"):
+        attn(torch.randn(2, 5, 32))
+
+
+def test_weight_names_follow_hf():
+    names = {n for n, _ in MultiHeadAttention(16, 4, n_kv_heads=2, bias=False).named_parameters()}
+    assert names == {"q_proj.weight", "k_proj.weight", "v_proj.weight", "o_proj.weight"}
