@@ -27,7 +27,7 @@ def _check_mask(mask: Tensor, shape: tuple[int, ...]) -> None:
     if mask.dtype != torch.bool:
         raise ValueError(f"mask must be boolean (True = may attend), got dtype {mask.dtype}")
     ok = mask.dim() <= 4 and all(
-        m in (1, s) for m, s in zip(reversed(mask.shape), reversed(shape))
+        m in (1, s) for m, s in zip(reversed(mask.shape), reversed(shape), strict=False)
     )
     if not ok:
         raise ValueError(

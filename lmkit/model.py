@@ -5,18 +5,18 @@ GPT-2 style and Llama style are the same classes with different `ModelConfig` se
 
 Weight names, and the Hugging Face names they load from (`lmkit.pretrained`):
 
-    lmkit                        HF GPT-2 (`transformer.`)        HF Llama (`model.`)
-    tok_emb.weight               wte.weight                       embed_tokens.weight
-    pos_emb.weight               wpe.weight                       (RoPE: no weights)
-    blocks.{i}.norm1             h.{i}.ln_1                       layers.{i}.input_layernorm
-    blocks.{i}.attn.{q,k,v}_proj h.{i}.attn.c_attn (split, .T)    layers.{i}.self_attn.{q,k,v}_proj
-    blocks.{i}.attn.o_proj       h.{i}.attn.c_proj (.T)           layers.{i}.self_attn.o_proj
-    blocks.{i}.norm2             h.{i}.ln_2                       layers.{i}.post_attention_layernorm
-    blocks.{i}.mlp.gate_proj     -                                layers.{i}.mlp.gate_proj
-    blocks.{i}.mlp.up_proj       h.{i}.mlp.c_fc (.T)              layers.{i}.mlp.up_proj
-    blocks.{i}.mlp.down_proj     h.{i}.mlp.c_proj (.T)            layers.{i}.mlp.down_proj
-    norm_f                       ln_f                             norm
-    lm_head.weight               (tied to wte)                    lm_head.weight
+    lmkit                         HF GPT-2 (`transformer.`)      HF Llama (`model.`)
+    tok_emb.weight                wte.weight                     embed_tokens.weight
+    pos_emb.weight                wpe.weight                     (RoPE: no weights)
+    blocks.{i}.norm1              h.{i}.ln_1                     layers.{i}.input_layernorm
+    blocks.{i}.attn.{q,k,v}_proj  h.{i}.attn.c_attn (split, .T)  layers.{i}.self_attn.{q,k,v}_proj
+    blocks.{i}.attn.o_proj        h.{i}.attn.c_proj (.T)         layers.{i}.self_attn.o_proj
+    blocks.{i}.norm2              h.{i}.ln_2                     layers.{i}.post_attention_layernorm
+    blocks.{i}.mlp.gate_proj      -                              layers.{i}.mlp.gate_proj
+    blocks.{i}.mlp.up_proj        h.{i}.mlp.c_fc (.T)            layers.{i}.mlp.up_proj
+    blocks.{i}.mlp.down_proj      h.{i}.mlp.c_proj (.T)          layers.{i}.mlp.down_proj
+    norm_f                        ln_f                           norm
+    lm_head.weight                (tied to wte)                  lm_head.weight
 """
 
 from __future__ import annotations
