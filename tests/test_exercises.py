@@ -31,12 +31,13 @@ def test_exercises_are_in_sync_with_solutions():
 def test_every_solutions_notebook_has_checked_exercises():
     for path in sorted((ROOT / "solutions").glob("*.ipynb")):
         nb = nbformat.read(path, as_version=4)
-        solved = [c for c in nb.cells if make_exercises.BEGIN in c.source]
+        solved = [c for c in nb.cells if c.cell_type == "code" and make_exercises.BEGIN in c.source]
         checks = [c for c in nb.cells if "check" in c.metadata.get("tags", [])]
         assert len(solved) >= 4, f"{path.name}: fewer than four exercises"
         assert len(checks) >= len(solved), f"{path.name}: an exercise without a check cell"
-        for c in checks:
-            assert "lmkit.checks" in c.source or "checks." in c.source, c.source
+        for c in checks:  # nbval re-runs these and compares, so this is the live result
+            shown = "".join(o.get("text", "") for o in c.outputs)
+            assert "✓" in shown, f"{path.name}: check cell {c.source!r} does not pass"
 
 
 def _code(source, tags=()):
@@ -68,7 +69,7 @@ def test_top_level_stub_and_check_cells_store_the_expected_error():
     assert ex.cells[0].outputs == nb.cells[0].outputs  # untouched cells keep their outputs
     for cell in ex.cells[1:]:
         assert "raises-exception" in cell.metadata["tags"]
-        assert cell.execution_count is None
+        assert cell.execution_count == 3  # a run cell, so nbval compares its stored error
         (out,) = cell.outputs
         assert out.ename == "NotImplementedError"
     assert "answer = 42" not in ex.cells[1].source

@@ -22,7 +22,8 @@ KERNELSPEC = {"name": "lmkit", "display_name": "Python (lmkit)", "language": "py
 def normalise(nb: nbformat.NotebookNode) -> None:
     nb.metadata["kernelspec"] = dict(KERNELSPEC)
     for cell in nb.cells:
-        cell.metadata.pop("execution", None)
+        for key in ("execution", "lines_to_next_cell"):  # timings; jupytext's layout hints
+            cell.metadata.pop(key, None)
         if "slideshow" in cell.metadata:
             continue
         slide = "-"
