@@ -1,0 +1,246 @@
+"""lmkit.train: loss, schedule, optimizer groups, clipping, the loop, checkpoints, exact resume."""
+
+import json
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+from safetensors.torch import load_file, save_file
+
+from lmkit import train as T
+from lmkit.model import ModelConfig, TransformerLM
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    """Tiny models train fastest, and reproducibly, on one thread (2 shared cores in CI)."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+def tiny_config(**kw):
+    base = dict(vocab_size=32, context_length=16, d_model=32, n_layers=2, n_heads=4)
+    return ModelConfig.gpt2(**{**base, **kw})
+
+
+def tiny_data(n=2000, vocab=32, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    # a learnable stream: mostly "next id = id + 1 (mod vocab)", some noise
+    ids = torch.empty(n, dtype=torch.long)
+    ids[0] = 0
+    noise = torch.rand(n, generator=g) < 0.1
+    jumps = torch.randint(vocab, (n,), generator=g)
+    for i in range(1, n):
+        ids[i] = jumps[i] if noise[i] else (ids[i - 1] + 1) % vocab
+    return ids[: int(0.9 * n)], ids[int(0.9 * n):]
+
+
+def tcfg(**kw):
+    base = dict(steps=12, batch_size=4, lr=3e-3, min_lr=3e-4, warmup_steps=3, eval_interval=4,
+                eval_batches=2, device="cpu")
+    return T.TrainConfig(**{**base, **kw})
+
+
+def test_lm_loss_is_minus_log_prob_of_the_right_next_token():
+    logits = torch.randn(2, 3, 5, generator=torch.Generator().manual_seed(0))
+    targets = torch.tensor([[1, 0, 4], [2, 2, 3]])
+    logp = torch.log_softmax(logits, -1)
+    by_hand = -logp.gather(-1, targets[..., None]).mean()
+    torch.testing.assert_close(T.lm_loss(logits, targets), by_hand)
+    torch.testing.assert_close(T.lm_loss(logits, targets),
+                               F.cross_entropy(logits.transpose(1, 2), targets))
+
+
+def test_untrained_model_loss_is_about_log_vocab():
+    torch.manual_seed(0)
+    model = TransformerLM(tiny_config())
+    train, _ = tiny_data()
+    loss = T.evaluate(model, train, 8, 16, batches=4)
+    assert abs(loss - math.log(32)) < 0.2
+
+
+def test_lr_schedule_warms_up_then_decays_to_min_lr():
+    lrs = [T.lr_at(s, 1.0, 0.1, 10, 100) for s in range(100)]
+    assert lrs[0] == pytest.approx(0.1) and lrs[9] == pytest.approx(1.0)
+    assert lrs[10] == pytest.approx(1.0) and lrs[99] == pytest.approx(0.1)
+    assert all(a < b for a, b in zip(lrs[:9], lrs[1:10]))  # warm-up rises
+    assert all(a >= b for a, b in zip(lrs[10:], lrs[11:]))  # then decays
+    assert lrs[(10 + 99) // 2] == pytest.approx(0.55, abs=0.01)  # half-way: half-way down
+    assert T.lr_at(150, 1.0, 0.1, 10, 100) == 0.1
+    assert T.lr_at(0, 1.0, 0.1, 0, 5) == 1.0  # no warm-up: start at the top
+
+
+def test_weight_decay_on_matrices_only():
+    model = TransformerLM(tiny_config())
+    opt = T.configure_optimizer(model, 1e-3, 0.1)
+    decay, no_decay = opt.param_groups
+    assert decay["weight_decay"] == 0.1 and no_decay["weight_decay"] == 0.0
+    assert all(p.dim() == 2 for p in decay["params"])
+    assert all(p.dim() == 1 for p in no_decay["params"])
+    assert len(decay["params"]) + len(no_decay["params"]) == len(list(model.parameters()))
+    assert any(p is model.tok_emb.weight for p in decay["params"])
+
+
+def test_clip_grad_norm_matches_torch():
+    torch.manual_seed(0)
+    a = [torch.nn.Parameter(torch.randn(4, 3)), torch.nn.Parameter(torch.randn(5))]
+    b = [torch.nn.Parameter(p.detach().clone()) for p in a]
+    for p, q in zip(a, b):
+        p.grad = torch.randn_like(p) * 3
+        q.grad = p.grad.clone()
+    n1 = T.clip_grad_norm(a, 1.0)
+    n2 = torch.nn.utils.clip_grad_norm_(b, 1.0)
+    torch.testing.assert_close(n1, n2)
+    for p, q in zip(a, b):
+        torch.testing.assert_close(p.grad, q.grad)
+
+
+def test_pick_device_honours_the_override_and_falls_back_to_cpu():
+    assert T.pick_device("cpu") == torch.device("cpu")
+    if not torch.cuda.is_available() and not torch.backends.mps.is_available():
+        assert T.pick_device() == torch.device("cpu")
+
+
+def test_training_lowers_the_loss_and_records_history():
+    torch.manual_seed(0)
+    model = TransformerLM(tiny_config())
+    train, val = tiny_data()
+    hist = T.train(model, train, val, tcfg(steps=40, eval_interval=10), progress=False)
+    assert hist["step"] == list(range(1, 41)) and len(hist["loss"]) == len(hist["lr"]) == 40
+    assert hist["eval_step"] == [10, 20, 30, 40]
+    assert hist["val_loss"][-1] < hist["val_loss"][0] < math.log(32) + 0.2
+    assert hist["val_loss"][-1] < 2.5
+
+
+def test_progress_bar_shows_loss_and_tokens_per_second(capsys):
+    torch.manual_seed(0)
+    train, val = tiny_data()
+    T.train(TransformerLM(tiny_config()), train, val, tcfg(steps=3), progress=True)
+    err = capsys.readouterr().err
+    assert "loss=" in err and "tok/s=" in err
+
+
+def weights(model):
+    return {k: v.detach().clone() for k, v in model.state_dict().items()}
+
+
+def test_resume_is_exact(tmp_path):
+    train, val = tiny_data()
+    cfg = tiny_config(dropout=0.1)  # dropout: the global RNG state must be restored too
+    torch.manual_seed(0)
+    a = T.Trainer(TransformerLM(cfg), train, val, tcfg())
+    a.run(progress=False)
+
+    torch.manual_seed(0)
+    b = T.Trainer(TransformerLM(cfg), train, val, tcfg())
+    b.run(steps=5, progress=False)
+    b.save(tmp_path / "ckpt")
+    torch.manual_seed(123)  # anything in between must not matter
+    c = T.Trainer.load(tmp_path / "ckpt", train, val)
+    assert c.step == 5
+    c.run(progress=False)
+
+    wa, wc = weights(a.model), weights(c.model)
+    for k in wa:
+        torch.testing.assert_close(wc[k], wa[k], rtol=0, atol=0, msg=k)
+    assert c.history == a.history
+
+
+def test_checkpoint_files_are_safetensors_and_json(tmp_path):
+    train, val = tiny_data()
+    torch.manual_seed(0)
+    t = T.Trainer(TransformerLM(tiny_config()), train, val, tcfg(steps=2))
+    t.run(progress=False)
+    t.save(tmp_path)
+    names = sorted(p.name for p in tmp_path.iterdir())
+    assert names == ["config.json", "model.safetensors", "optimizer.safetensors",
+                     "trainer_state.json"]
+    state = json.loads((tmp_path / "trainer_state.json").read_text())
+    assert state["step"] == 2 and state["train_config"]["steps"] == 2
+    assert "lm_head.weight" not in load_file(tmp_path / "model.safetensors")  # tied: stored once
+
+
+def test_save_and_load_model_round_trip_and_float16(tmp_path):
+    torch.manual_seed(0)
+    model = TransformerLM(tiny_config())
+    T.save_model(model, tmp_path / "a")
+    again = T.load_model(tmp_path / "a", device="cpu")
+    ids = torch.randint(32, (2, 10))
+    torch.testing.assert_close(again(ids), model(ids), rtol=0, atol=0)
+    assert again.lm_head.weight is again.tok_emb.weight  # the tie survives
+    T.save_model(model, tmp_path / "h", dtype=torch.float16)
+    half = T.load_model(tmp_path / "h", device="cpu")
+    assert next(half.parameters()).dtype == torch.float32
+    torch.testing.assert_close(half(ids), model(ids), rtol=0, atol=2e-3)
+    small = (tmp_path / "h" / "model.safetensors").stat().st_size
+    assert small < 0.6 * (tmp_path / "a" / "model.safetensors").stat().st_size
+
+
+def test_mismatched_checkpoint_names_the_key_and_both_shapes(tmp_path):
+    T.save_model(TransformerLM(tiny_config()), tmp_path)
+    tensors = load_file(tmp_path / "model.safetensors")
+    tensors["blocks.0.attn.q_proj.weight"] = torch.zeros(16, 32)
+    save_file(tensors, tmp_path / "model.safetensors")
+    with pytest.raises(ValueError, match=r"'blocks.0.attn.q_proj.weight' has shape \(16, 32\) "
+                                         r"but config.json implies \(32, 32\)"):
+        T.load_model(tmp_path)
+    del tensors["blocks.0.attn.q_proj.weight"]
+    save_file(tensors, tmp_path / "model.safetensors")
+    with pytest.raises(ValueError, match="has no tensor 'blocks.0.attn.q_proj.weight'"):
+        T.load_model(tmp_path)
+
+
+def test_missing_folder_is_a_clear_error(tmp_path):
+    with pytest.raises(FileNotFoundError, match="does not exist"):
+        T.load_model(tmp_path / "nope")
+    with pytest.raises(FileNotFoundError, match="not a training checkpoint"):
+        T.Trainer.load(tmp_path, torch.arange(100), torch.arange(100))
+
+
+def test_interrupted_save_keeps_the_previous_checkpoint(tmp_path, monkeypatch):
+    train, val = tiny_data()
+    torch.manual_seed(0)
+    t = T.Trainer(TransformerLM(tiny_config()), train, val, tcfg(steps=4))
+    t.run(steps=2, progress=False)
+    t.save(tmp_path)
+    before = {p.name: p.read_bytes() for p in tmp_path.iterdir()}
+    t.run(progress=False)
+
+    def crash(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(T, "save_file", crash)  # dies while writing the weights
+    with pytest.raises(KeyboardInterrupt):
+        t.save(tmp_path)
+    after = {p.name: p.read_bytes() for p in tmp_path.iterdir()}
+    assert after == before  # no temp files left, old files intact
+    assert T.Trainer.load(tmp_path, train, val).step == 2
+
+
+def test_partly_written_checkpoint_is_detected(tmp_path):
+    train, val = tiny_data()
+    torch.manual_seed(0)
+    t = T.Trainer(TransformerLM(tiny_config()), train, val, tcfg(steps=4))
+    t.run(steps=2, progress=False)
+    t.save(tmp_path / "old")
+    t.run(progress=False)
+    t.save(tmp_path / "new")
+    (tmp_path / "new" / "model.safetensors").write_bytes(
+        (tmp_path / "old" / "model.safetensors").read_bytes())
+    with pytest.raises(ValueError, match="only partly written"):
+        T.Trainer.load(tmp_path / "new", train, val)
+
+
+def test_sample_greedy_is_deterministic_and_respects_top_k():
+    torch.manual_seed(0)
+    model = TransformerLM(tiny_config())
+    a = T.sample(model, [1, 2], 20, temperature=0)
+    assert a == T.sample(model, [1, 2], 20, temperature=0) and len(a) == 22
+    g1, g2 = torch.Generator().manual_seed(0), torch.Generator().manual_seed(0)
+    assert T.sample(model, [1], 10, 1.0, generator=g1) == T.sample(model, [1], 10, 1.0,
+                                                                   generator=g2)
+    greedy = T.sample(model, [1], 10, temperature=0)
+    assert T.sample(model, [1], 10, temperature=1.0, top_k=1) == greedy
