@@ -17,11 +17,13 @@ PYTEST_NB := --nbval --nbval-current-env --nbval-sanitize-with tests/sanitize.cf
 ## setup: create .venv from requirements.lock (only when missing or the lock changed)
 setup: $(STAMP)
 
-$(STAMP): requirements.lock pyproject.toml
+$(STAMP): requirements.lock pyproject.toml tools/jupyterlab_overrides.json
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --disable-pip-version-check -q -r requirements.lock
 	$(BIN)/python -m pip install --disable-pip-version-check -q --no-deps -e .
 	$(BIN)/python -m ipykernel install --sys-prefix --name lmkit --display-name "Python (lmkit)" >/dev/null
+	@mkdir -p $(VENV)/share/jupyter/lab/settings
+	@cp tools/jupyterlab_overrides.json $(VENV)/share/jupyter/lab/settings/overrides.json
 	@touch $(STAMP)
 
 ## lab: open JupyterLab on the course
