@@ -39,8 +39,11 @@ from lmkit.model import ModelConfig, TransformerLM
 __all__ = [
     "TrainConfig", "Trainer", "train", "pick_device", "lm_loss", "lr_at",
     "configure_optimizer", "clip_grad_norm", "evaluate", "save_model", "load_model",
-    "sample",
+    "sample", "sequence_loss", "load_course_model", "COURSE_MODEL",
 ]
+
+# The small model trained on Shakespeare by tools/train_course_model.py, shipped with the course.
+COURSE_MODEL = Path(__file__).resolve().parents[1] / "models" / "shakespeare"
 
 
 @dataclass
@@ -169,6 +172,25 @@ def evaluate(
         total += lm_loss(model(x), y).item()
     model.train(was_training)
     return total / batches
+
+
+@torch.no_grad()
+def sequence_loss(model: TransformerLM, ids: Tensor, context_length: int | None = None) -> float:
+    """Mean next-token loss over `ids` cut into consecutive, non-overlapping windows: a fixed,
+    reproducible estimate (no sampling). The leftover tail shorter than a window is dropped.
+    """
+    T = context_length or model.config.context_length
+    n = (len(ids) - 1) // T
+    if n < 1:
+        raise ValueError(f"need at least {T + 1} tokens for one window, got {len(ids)}")
+    device = next(model.parameters()).device
+    x = ids[: n * T].view(n, T).to(device)  # (n, T)
+    y = ids[1 : n * T + 1].view(n, T).to(device)  # (n, T)
+    was_training = model.training
+    model.eval()
+    loss = lm_loss(model(x), y).item()
+    model.train(was_training)
+    return loss
 
 
 class Trainer:
@@ -409,6 +431,16 @@ def load_model(
     return model.to(pick_device(None) if device is None else device)
 
 
+def load_course_model(device: str | torch.device = "cpu"):
+    """(model, tokenizer): the course's Shakespeare model and its BPE tokenizer (chapter 00)."""
+    from lmkit.tokenizer import BPETokenizer
+
+    if not (COURSE_MODEL / "model.safetensors").is_file():
+        raise FileNotFoundError(f"the course model is missing from {COURSE_MODEL}; "
+                                "rebuild it with `make course-model`")
+    return load_model(COURSE_MODEL, device=device), BPETokenizer.load(COURSE_MODEL)
+
+
 def _weights(model: TransformerLM) -> dict[str, Tensor]:
     """The state dict without the tied copy of the embedding (safetensors stores each once)."""
     state = model.state_dict(keep_vars=True)
@@ -440,6 +472,7 @@ def _write_atomic(path: Path, write) -> None:
     os.close(fd)
     try:
         write(tmp)
+        os.chmod(tmp, 0o644)  # mkstemp makes it private; a model folder is meant to be shared
         os.replace(tmp, path)
     except BaseException:
         if os.path.exists(tmp):

@@ -244,3 +244,15 @@ def test_sample_greedy_is_deterministic_and_respects_top_k():
                                                                    generator=g2)
     greedy = T.sample(model, [1], 10, temperature=0)
     assert T.sample(model, [1], 10, temperature=1.0, top_k=1) == greedy
+
+
+def test_sequence_loss_averages_consecutive_windows():
+    torch.manual_seed(0)
+    model = TransformerLM(tiny_config())
+    ids = torch.randint(32, (16 * 3 + 5,))
+    windows = [(ids[i * 16:(i + 1) * 16], ids[i * 16 + 1:(i + 1) * 16 + 1]) for i in range(3)]
+    with torch.no_grad():
+        want = sum(T.lm_loss(model(x[None]), y[None]).item() for x, y in windows) / 3
+    assert T.sequence_loss(model, ids) == pytest.approx(want, abs=1e-6)
+    with pytest.raises(ValueError, match="at least 17 tokens"):
+        T.sequence_loss(model, ids[:16])

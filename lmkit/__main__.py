@@ -1,0 +1,224 @@
+"""The lmkit command line: train a small model, or generate text from one (chapter 07).
+
+    python -m lmkit train --size tiny --steps 200 --out runs/tiny
+    python -m lmkit generate --model runs/tiny --prompt "ROMEO:"
+    python -m lmkit generate --prompt "To be, or not"      # the shipped course model
+
+Run `python -m lmkit train --help` or `python -m lmkit generate --help` for every option.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+import torch
+
+from lmkit import data
+from lmkit.model import ModelConfig, TransformerLM
+from lmkit.tokenizer import BPETokenizer, CharTokenizer
+from lmkit.train import COURSE_MODEL, TrainConfig, Trainer, load_model, sample
+
+# Model sizes for `train --size`: small enough for a laptop CPU.
+SIZES = {
+    "tiny": dict(context_length=64, d_model=64, n_layers=2, n_heads=2),  # ~0.1M, seconds
+    "small": dict(context_length=128, d_model=128, n_layers=4, n_heads=4),  # ~1M, minutes
+    "medium": dict(context_length=256, d_model=256, n_layers=6, n_heads=8),  # ~5M, an hour
+}
+CHARS_FILE = "chars.json"  # a character-level tokenizer: its characters, in id order
+
+
+def _positive_int(s: str) -> int:
+    try:
+        v = int(s)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number, got {s!r}") from None
+    if v < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {v}")
+    return v
+
+
+def _positive_float(s: str) -> float:
+    try:
+        v = float(s)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number, got {s!r}") from None
+    if not v > 0:
+        raise argparse.ArgumentTypeError(f"must be greater than 0, got {v}")
+    return v
+
+
+def _non_negative_float(s: str) -> float:
+    try:
+        v = float(s)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number, got {s!r}") from None
+    if not v >= 0:
+        raise argparse.ArgumentTypeError(f"must be 0 or more, got {v}")
+    return v
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="python -m lmkit",
+        description="Train a small transformer language model, or generate text from one.",
+        epilog="Example: python -m lmkit train --size tiny --steps 200 --out runs/tiny, then "
+               "python -m lmkit generate --model runs/tiny --prompt 'ROMEO:'",
+    )
+    sub = parser.add_subparsers(dest="command", required=True, metavar="{train,generate}")
+
+    t = sub.add_parser(
+        "train", help="train a model on Shakespeare (or your own text file)",
+        description="Train a GPT-2 style model with lmkit.train and save a checkpoint folder "
+                    "(weights, config, tokenizer, optimizer state) that `generate` can read.",
+        epilog="Example: python -m lmkit train --size tiny --steps 200 --out runs/tiny",
+    )
+    t.add_argument("--corpus", default="shakespeare",
+                   help="'shakespeare' (all 38 plays, the default), one play's name such as "
+                        "'hamlet', or the path of a UTF-8 text file")
+    t.add_argument("--tokenizer", choices=("char", "bpe"), default="char",
+                   help="character-level (default; fast to set up) or byte-level BPE")
+    t.add_argument("--vocab-size", type=_positive_int, default=512,
+                   help="BPE vocabulary size, at least 256 (default 512; ignored for char)")
+    t.add_argument("--size", choices=tuple(SIZES), default="tiny",
+                   help="model size preset: " + "; ".join(
+                       f"{k}: d_model {v['d_model']}, {v['n_layers']} layers, context "
+                       f"{v['context_length']}" for k, v in SIZES.items()) + " (default tiny)")
+    t.add_argument("--steps", type=_positive_int, default=500,
+                   help="optimizer steps (default 500)")
+    t.add_argument("--batch-size", type=_positive_int, default=32, help="default 32")
+    t.add_argument("--lr", type=_positive_float, default=1e-3,
+                   help="peak learning rate (default 1e-3); decays to lr/10")
+    t.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
+    t.add_argument("--device", default=None,
+                   help="cpu, cuda or mps (default: cuda if available, then mps, then cpu)")
+    t.add_argument("--out", type=Path, required=True,
+                   help="folder to write the checkpoint into (created if needed)")
+    t.add_argument("--resume", action="store_true",
+                   help="continue the checkpoint in --out up to --steps instead of starting over")
+    t.add_argument("--no-progress", action="store_true", help="no progress bar")
+
+    g = sub.add_parser(
+        "generate", help="continue a prompt with a trained model",
+        description="Load a model folder (from `train`, or the shipped course model) and "
+                    "continue the prompt by sampling one token at a time.",
+        epilog="Example: python -m lmkit generate --prompt 'ROMEO:' --max-new-tokens 100",
+    )
+    g.add_argument("--model", type=Path, default=COURSE_MODEL,
+                   help=f"model folder (default: the course model, {COURSE_MODEL.name}/)")
+    g.add_argument("--prompt", default="\n", help="text to continue (default: a newline)")
+    g.add_argument("--max-new-tokens", type=_positive_int, default=200, help="default 200")
+    g.add_argument("--temperature", type=_non_negative_float, default=0.8,
+                   help="0 = greedy (always the most likely token); higher = more varied "
+                        "(default 0.8)")
+    g.add_argument("--top-k", type=_positive_int, default=None,
+                   help="sample only among the k most likely tokens (default: all)")
+    g.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
+    g.add_argument("--device", default="cpu", help="cpu (default), cuda or mps")
+    return parser
+
+
+def _read_corpus(parser: argparse.ArgumentParser, corpus: str) -> str:
+    if corpus == "shakespeare":
+        return data.shakespeare()
+    if corpus in data.plays():
+        return data.play(corpus)
+    path = Path(corpus)
+    if not path.is_file():
+        parser.error(f"--corpus {corpus!r} is neither 'shakespeare', a play name (see "
+                     "lmkit.data.plays()), nor an existing text file")
+    return path.read_text(encoding="utf-8")
+
+
+def _save_tokenizer(tok, folder: Path) -> None:
+    if isinstance(tok, CharTokenizer):
+        (folder / CHARS_FILE).write_text(json.dumps(tok.chars, ensure_ascii=False), "utf-8")
+    else:
+        tok.save(folder)
+
+
+def load_tokenizer(folder: Path):
+    """The tokenizer saved beside a model: chars.json (character-level) or vocab.json+merges.txt."""
+    if (folder / CHARS_FILE).is_file():
+        chars = json.loads((folder / CHARS_FILE).read_text("utf-8"))
+        return CharTokenizer("".join(chars))
+    return BPETokenizer.load(folder)
+
+
+def cmd_train(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
+    if args.tokenizer == "bpe" and args.vocab_size < 256:
+        parser.error(f"--vocab-size must be at least 256 for byte-level BPE, got {args.vocab_size}")
+    if args.resume and not (args.out / "trainer_state.json").is_file():
+        parser.error(f"--resume: {args.out} holds no checkpoint to resume (no trainer_state.json)")
+    text = _read_corpus(parser, args.corpus)
+    torch.manual_seed(args.seed)
+    if args.resume:
+        tok = load_tokenizer(args.out)
+    elif args.tokenizer == "char":
+        tok = CharTokenizer(text)
+    else:
+        tok = BPETokenizer.train(text, args.vocab_size, progress=not args.no_progress)
+    train_ids, val_ids = data.split(data.encode(tok, text), 0.1)
+    size = SIZES[args.size]
+    if len(val_ids) < size["context_length"] + 1:
+        parser.error(f"--corpus is too short: its validation tenth has {len(val_ids)} tokens, "
+                     f"fewer than one window of {size['context_length'] + 1}")
+    if args.resume:
+        trainer = Trainer.load(args.out, train_ids, val_ids, device=args.device)
+        if args.steps < trainer.step:
+            parser.error(f"--steps {args.steps} is below the checkpoint's step {trainer.step}")
+        trainer.config.steps = args.steps
+    else:
+        model = TransformerLM(ModelConfig.gpt2(vocab_size=tok.vocab_size, **size))
+        config = TrainConfig(steps=args.steps, batch_size=args.batch_size, lr=args.lr,
+                             min_lr=args.lr / 10, warmup_steps=min(100, args.steps // 10),
+                             eval_interval=max(1, args.steps // 10), seed=args.seed,
+                             device=args.device)
+        trainer = Trainer(model, train_ids, val_ids, config)
+    history = trainer.run(progress=not args.no_progress)
+    args.out.mkdir(parents=True, exist_ok=True)
+    trainer.save(args.out)
+    _save_tokenizer(tok, args.out)
+    print(f"step {trainer.step}: train loss {history['train_loss'][-1]:.3f}, "
+          f"validation loss {history['val_loss'][-1]:.3f}; saved to {args.out}")
+    print(f"try: python -m lmkit generate --model {args.out} --prompt 'ROMEO:'")
+
+
+def cmd_generate(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
+    folder = args.model
+    if not folder.is_dir():
+        parser.error(f"--model {folder}: no such folder (train one with `python -m lmkit train "
+                     "--out FOLDER`, or leave --model out to use the course model)")
+    if not (folder / "model.safetensors").is_file() or not (folder / "config.json").is_file():
+        parser.error(f"--model {folder}: not a model folder (it needs config.json and "
+                     "model.safetensors)")
+    try:
+        tok = load_tokenizer(folder)
+    except FileNotFoundError:
+        parser.error(f"--model {folder}: no tokenizer found (chars.json, or vocab.json and "
+                     "merges.txt)")
+    try:
+        ids = tok.encode(args.prompt)
+    except ValueError as e:
+        parser.error(f"--prompt: {e}")
+    if not ids:
+        parser.error("--prompt is empty; give at least one character")
+    model = load_model(folder, device=args.device)
+    # TODO: switch to lmkit.generation.generate when it lands (chapter 08).
+    out = sample(model, ids, args.max_new_tokens, temperature=args.temperature,
+                 top_k=args.top_k, generator=torch.Generator().manual_seed(args.seed))
+    print(tok.decode(out))
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.command == "train":
+        cmd_train(parser, args)
+    else:
+        cmd_generate(parser, args)
+
+
+if __name__ == "__main__":
+    main()
