@@ -191,7 +191,9 @@ class MultiHeadAttention(nn.Module):
         fused_causal = self.causal and self.window is None and mask is None and T == Tk
         if mask is not None:
             _check_mask(mask, (B, H, T, Tk))
-        if self.causal:
+        # one new query (cached decoding) sits after every key, so it may see them all
+        one_step = self.causal and self.window is None and T == 1
+        if self.causal and not one_step:
             cm = causal_mask(T, Tk, device=x.device, window=self.window)  # (T, Tk)
             mask = cm if mask is None else mask & cm
         dropout_p = self.dropout if self.training else 0.0
