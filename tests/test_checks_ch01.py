@@ -42,6 +42,11 @@ def test_count_pairs(capsys):
 
     with pytest.raises(AssertionError, match="pairs overlap"):
         ch01.check_count_pairs(no_overlap)
+    with pytest.raises(AssertionError, match="disjoint steps of two"):
+        ch01.check_count_pairs(lambda ids: get_stats([]) | {
+            p: list(zip(ids[::2], ids[1::2])).count(p) for p in zip(ids[::2], ids[1::2])})
+    with pytest.raises(AssertionError, match="misses the last pair"):
+        ch01.check_count_pairs(lambda ids: get_stats(ids[:-1]))
     with pytest.raises(AssertionError, match="keys must be tuples"):
         ch01.check_count_pairs(lambda ids: {str(p): 1 for p in zip(ids, ids[1:])})
     with pytest.raises(AssertionError, match="not an adjacent pair"):
@@ -59,8 +64,22 @@ def test_merge_pair(capsys):
                 out[i] = new_id
         return [x for j, x in enumerate(out) if j == 0 or (ids[j - 1], ids[j]) != pair]
 
-    with pytest.raises(AssertionError, match="should give"):
+    with pytest.raises(AssertionError, match="skip past both merged ids"):
         ch01.check_merge_pair(overlapping)
+
+    def drops_last(ids, pair, new_id):
+        out, i = [], 0
+        while i < len(ids) - 1:
+            if (ids[i], ids[i + 1]) == pair:
+                out.append(new_id)
+                i += 2
+            else:
+                out.append(ids[i])
+                i += 1
+        return out
+
+    with pytest.raises(AssertionError, match="the last id is missing"):
+        ch01.check_merge_pair(drops_last)
 
     def in_place(ids, pair, new_id):
         ids[:] = merge(ids, pair, new_id)
@@ -82,6 +101,20 @@ def test_train_bpe(capsys):
 
     with pytest.raises(AssertionError, match="count pairs again"):
         ch01.check_train_bpe(no_recount)
+
+    def code_points(text, n):  # starts from ord(c) instead of the UTF-8 bytes
+        ids, merges = [ord(c) for c in text], {}
+        for new_id in range(256, 256 + n):
+            stats = get_stats(ids)
+            if not stats:
+                break
+            pair = min(stats, key=lambda p: (-stats[p], p))
+            merges[pair] = new_id
+            ids = merge(ids, pair, new_id)
+        return merges
+
+    with pytest.raises(AssertionError, match="code points"):
+        ch01.check_train_bpe(code_points)
 
     def ids_from_zero(text, n):
         merges = BPETokenizer.train(text, 256 + n, pattern=None).merges
