@@ -1,0 +1,51 @@
+"""The shipped course model (models/shakespeare) loads and matches its recorded validation loss."""
+
+import json
+import math
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from lmkit import data
+from lmkit.train import COURSE_MODEL, load_course_model, sequence_loss
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "tools"))
+import train_course_model  # noqa: E402
+
+
+@pytest.fixture(scope="module")
+def record():
+    return json.loads((COURSE_MODEL / "training.json").read_text("utf-8"))
+
+
+def test_course_model_is_small_and_documented(record):
+    size = sum(p.stat().st_size for p in COURSE_MODEL.iterdir())
+    assert size < 4_000_000, f"models/shakespeare is {size:,} bytes; keep it under a few MB"
+    readme = (COURSE_MODEL / "README.md").read_text("utf-8")
+    assert "python tools/train_course_model.py" in readme and str(record["seed"]) in readme
+    assert f"{record['val_slice_loss_float16']:.4f}" in readme
+
+
+def test_validation_loss_matches_the_recorded_figure(record):
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        model, tok = load_course_model()
+        ids = data.encode(tok, train_course_model.validation_slice())
+        loss = sequence_loss(model, ids)
+    finally:
+        torch.set_num_threads(n)
+    assert loss == pytest.approx(record["val_slice_loss_float16"], abs=1e-3)
+    assert loss < math.log(tok.vocab_size) - 2  # far better than a uniform guess
+
+
+def test_the_config_on_disk_is_what_the_script_trains(record):
+    model, tok = load_course_model()
+    assert model.config.to_dict() == record["model_config"]
+    assert {k: record["model_config"][k] for k in train_course_model.MODEL} == \
+        train_course_model.MODEL
+    assert tok.vocab_size == model.config.vocab_size == train_course_model.VOCAB_SIZE
+    assert tok.decode(tok.encode("ROMEO:\nO, she doth teach")) == "ROMEO:\nO, she doth teach"
