@@ -1,0 +1,495 @@
+"""Checkers for the chapter 05 exercises (residuals and normalization).
+
+Each checker compares the student's function with PyTorch's own op, with `lmkit.model.Block`
+(whose sublayers and norms are handed to the student), or with autograd, and recognises the
+typical mistakes by recomputing them: a result that equals "LayerNorm with the unbiased
+variance" gets that hint.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import numbers
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from ..model import Block, ModelConfig, TransformerLM
+from ..norm import LayerNorm, RMSNorm
+from .common import call, fail, passed
+
+__all__ = ["check_layer_norm", "check_rms_norm", "check_pre_norm_block", "check_post_norm_block",
+           "check_count_norm_params", "check_layer_norm_backward"]
+
+_ATOL, _RTOL = 1e-5, 1e-4
+
+
+def _shape(t: Tensor) -> tuple[int, ...]:
+    return tuple(t.shape)
+
+
+def _close(a: Tensor, b: Tensor) -> bool:
+    return a.shape == b.shape and torch.allclose(a, b, atol=_ATOL, rtol=_RTOL, equal_nan=True)
+
+
+def _compare(name: str, case: str, got, want: Tensor, mistakes: list[tuple[Tensor, str]],
+             shape_hint: str) -> None:
+    """Fail with the most useful hint unless `got` is a tensor allclose to `want`."""
+    if not isinstance(got, Tensor):
+        fail(f"{name} on {case} should return a torch.Tensor, got {type(got).__name__}"
+             + (" (did you forget `return`?)" if got is None else ""))
+    if got.shape != want.shape:
+        fail(f"{name} on {case}: expected shape {_shape(want)}, got {_shape(got)}. {shape_hint}")
+    if torch.allclose(got, want, atol=_ATOL, rtol=_RTOL):
+        return
+    if got.isnan().any():
+        fail(f"{name} on {case}: your output contains NaN. A division by zero? Keep eps inside "
+             "the square root, sqrt(... + eps), so a constant vector gives 0, not 0 / 0")
+    for wrong, hint in mistakes:
+        if _close(got, wrong):
+            fail(f"{name} on {case}: {hint}")
+    err = (got - want).abs()
+    i = int(err.argmax())
+    where = tuple(int(j) for j in torch.unravel_index(torch.tensor(i), want.shape))
+    fail(f"{name} on {case}: wrong values, largest error {err.max():.3g} at index {where} "
+         f"(expected {want.flatten()[i]:.6f}, got {got.flatten()[i]:.6f})")
+
+
+def _unchanged(name: str, before: list[Tensor], after: list[Tensor]) -> None:
+    if any(not torch.equal(a, b) for a, b in zip(before, after)):
+        fail(f"{name} changed one of its input tensors in place (e.g. `x += ...` or "
+             "`x -= mean`); compute new tensors instead (`x = x + ...`)")
+
+
+def _call_tensors(fn, *args, name: str, shape_hint: str = ""):
+    """`call`, reporting a crash with the shapes of the tensor inputs rather than their values,
+    plus `shape_hint` when the crash is a shape mismatch."""
+    try:
+        return call(fn, *args, name=name)
+    except AssertionError as e:
+        err = e.__cause__
+        if err is None:
+            raise
+        shapes = ", ".join(str(_shape(a)) if isinstance(a, Tensor) else type(a).__name__
+                           for a in args)
+        msg = f"{name} raised {type(err).__name__}: {err}\nThe inputs were {shapes}."
+        if shape_hint and any(s in str(err) for s in ("must match the size", "mismatch",
+                                                       "cannot be multiplied")):
+            msg += " " + shape_hint
+        raise AssertionError(msg) from err
+
+
+def _ln_variant(x: Tensor, w: Tensor | None, b: Tensor | None, eps: float, *,
+                unbiased: bool = False, eps_out: bool = False, no_eps: bool = False,
+                dims: tuple[int, ...] = (-1,)) -> Tensor:
+    mean = x.mean(dim=dims, keepdim=True)
+    var = x.var(dim=dims, keepdim=True, unbiased=unbiased)
+    if no_eps:
+        std = var.sqrt()
+    elif eps_out:
+        std = var.sqrt() + eps
+    else:
+        std = (var + eps).sqrt()
+    y = (x - mean) / std
+    if w is not None:
+        y = y * w
+    if b is not None:
+        y = y + b
+    return y
+
+
+_NORM_SHAPE_HINT = ("A norm works on each vector (the last dimension) on its own: the output "
+                    "has the input's shape. Reduce with keepdim=True so (B, T, 1) broadcasts "
+                    "against (B, T, C).")
+
+
+# ----------------------------------------------------------------------------- exercise 1
+
+
+def _norm_cases(seed: int) -> list[tuple[str, Tensor, float]]:
+    g = torch.Generator().manual_seed(seed)
+    return [
+        ("x of shape (2, 3, 8)", torch.randn(2, 3, 8, generator=g) * 3 + 2, 1e-5),
+        ("x of shape (5, 4): C = 4, where C and C - 1 differ a lot",
+         torch.randn(5, 4, generator=g) * 2 - 1, 1e-5),
+        ("x of shape (3, 6) with eps = 0.5", torch.randn(3, 6, generator=g), 0.5),
+        ("a nearly constant x (variance about 1e-6) with eps = 1e-5",
+         1e-3 * torch.randn(2, 16, generator=g) - 2e-3, 1e-5),
+        ("a 1-d x of shape (10,)", torch.randn(10, generator=g) * 4, 1e-5),
+        ("x with a constant row (variance exactly 0)",
+         torch.cat([torch.full((1, 8), 3.0), torch.randn(2, 8, generator=g)]), 1e-5),
+    ]
+
+
+def check_layer_norm(fn) -> None:
+    """Exercise 1: fn(x, weight, bias, eps) -> LayerNorm over the last dimension."""
+    cases = _norm_cases(0)
+    g = torch.Generator().manual_seed(1)
+    for k, (case, x, eps) in enumerate(cases):
+        C = x.shape[-1]
+        if k == 0:  # the plain start: weight 1, bias 0, as nn.LayerNorm initialises them
+            w, b = torch.ones(C), torch.zeros(C)
+        else:
+            w, b = 1 + 0.5 * torch.randn(C, generator=g), 0.5 * torch.randn(C, generator=g)
+        args = (x, w, b)
+        copies = [t.clone() for t in args]
+        got = _call_tensors(fn, *copies, eps, name="layer_norm", shape_hint=_NORM_SHAPE_HINT)
+        _unchanged("layer_norm", list(args), copies)
+        want = F.layer_norm(x, (C,), w, b, eps)
+        mistakes = [
+            (_ln_variant(x, w, b, eps, unbiased=True),
+             "you used the unbiased variance (dividing by C - 1, torch's default for x.var()); "
+             "LayerNorm uses the biased one: x.var(dim=-1, unbiased=False, keepdim=True), or "
+             "((x - mean) ** 2).mean(dim=-1, keepdim=True)"),
+            (_ln_variant(x, w, b, eps, eps_out=True),
+             "eps is outside the square root: divide by torch.sqrt(var + eps), not "
+             "torch.sqrt(var) + eps. The difference shows when the variance is tiny"),
+            (_ln_variant(x, w, b, eps, no_eps=True),
+             "eps is missing: divide by torch.sqrt(var + eps)"),
+            (_ln_variant(x, w, b, eps, dims=tuple(range(x.dim()))),
+             "you normalized over the whole tensor; LayerNorm normalizes each vector on its "
+             "own: take the mean and variance over the last dimension only (dim=-1, "
+             "keepdim=True)"),
+            (_ln_variant(x, None, None, eps), "weight and bias are missing: the last step is "
+                                              "x_hat * weight + bias"),
+            (_ln_variant(x, w, None, eps), "the bias is missing: the last step is "
+                                           "x_hat * weight + bias"),
+            (_ln_variant(x, None, b, eps), "the weight is missing: the last step is "
+                                           "x_hat * weight + bias"),
+            (_ln_variant(x, w, b, eps, unbiased=True, eps_out=True),
+             "two mistakes: the variance must be the biased one (divide by C, not C - 1) and "
+             "eps goes inside the square root"),
+        ]
+        if x.dim() >= 2:
+            for dims in {(0,), tuple(range(x.dim() - 1))}:
+                mistakes.append((_ln_variant(x, w, b, eps, dims=dims),
+                                 "you normalized across the vectors (over the batch, like "
+                                 "BatchNorm); LayerNorm normalizes each vector over its own C "
+                                 "numbers: use dim=-1"))
+        _compare("layer_norm", case, got, want, mistakes, _NORM_SHAPE_HINT)
+    passed("layer_norm", len(cases))
+
+
+# ----------------------------------------------------------------------------- exercise 2
+
+
+def _rms_variant(x: Tensor, w: Tensor | None, eps: float, *, centre: bool = False,
+                 eps_out: bool = False, no_eps: bool = False, sum_sq: bool = False,
+                 no_sqrt: bool = False) -> Tensor:
+    if centre:
+        x = x - x.mean(dim=-1, keepdim=True)
+    ms = x.pow(2).sum(-1, keepdim=True) if sum_sq else x.pow(2).mean(-1, keepdim=True)
+    if no_sqrt:
+        denom = ms + eps
+    elif no_eps:
+        denom = ms.sqrt()
+    elif eps_out:
+        denom = ms.sqrt() + eps
+    else:
+        denom = (ms + eps).sqrt()
+    y = x / denom
+    return y if w is None else y * w
+
+
+_SPREAD_HINT = ("x.std() and x.var() measure the spread around the mean; RMSNorm divides by the "
+                "root mean square of x itself: torch.sqrt(x.pow(2).mean(dim=-1, keepdim=True) "
+                "+ eps)")
+
+
+def _spreads(x: Tensor, eps: float) -> list[Tensor]:
+    """Dividing by the standard deviation instead of the root mean square, four ways."""
+    out = []
+    for unbiased in (True, False):
+        var = x.var(dim=-1, keepdim=True, unbiased=unbiased)
+        out += [(var + eps).sqrt(), var.sqrt() + eps]
+    return out
+
+
+def check_rms_norm(fn) -> None:
+    """Exercise 2: fn(x, weight, eps) -> RMSNorm over the last dimension."""
+    cases = _norm_cases(2)
+    cases[-1] = ("x with an all-zero row", torch.cat([torch.zeros(1, 8), cases[-1][1][1:]]), 1e-6)
+    g = torch.Generator().manual_seed(3)
+    for k, (case, x, eps) in enumerate(cases):
+        C = x.shape[-1]
+        w = torch.ones(C) if k == 0 else 1 + 0.5 * torch.randn(C, generator=g)
+        args = (x, w)
+        copies = [t.clone() for t in args]
+        got = _call_tensors(fn, *copies, eps, name="rms_norm", shape_hint=_NORM_SHAPE_HINT)
+        _unchanged("rms_norm", list(args), copies)
+        want = F.rms_norm(x, (C,), w, eps)
+        mistakes = [
+            (_rms_variant(x, w, eps, centre=True),
+             "you subtracted the mean. RMSNorm does not centre: it divides x itself by "
+             "sqrt(mean(x ** 2) + eps). (Centring, then dividing by the root mean square, "
+             "is LayerNorm)"),
+            *[(x / spread * w, _SPREAD_HINT) for spread in _spreads(x, eps)],
+            (_rms_variant(x, w, eps, sum_sq=True),
+             "you used the sum of squares; RMSNorm uses the *mean* of the squares "
+             "(x.pow(2).mean(dim=-1, keepdim=True)), so the result does not depend on C"),
+            (_rms_variant(x, w, eps, no_sqrt=True),
+             "the square root is missing: divide by sqrt(mean(x ** 2) + eps), the root mean "
+             "square"),
+            (_rms_variant(x, w, eps, eps_out=True),
+             "eps is outside the square root: divide by torch.sqrt(mean_sq + eps), not "
+             "torch.sqrt(mean_sq) + eps"),
+            (_rms_variant(x, w, eps, no_eps=True), "eps is missing: divide by "
+                                                    "torch.sqrt(mean_sq + eps)"),
+            (_rms_variant(x, None, eps), "the weight is missing: multiply by weight at the end"),
+            (x / (x.pow(2).mean() + eps).sqrt() * w,
+             "you took the mean square over the whole tensor; RMSNorm normalizes each vector "
+             "on its own: x.pow(2).mean(dim=-1, keepdim=True)"),
+        ]
+        _compare("rms_norm", case, got, want, mistakes, _NORM_SHAPE_HINT)
+    passed("rms_norm", len(cases))
+
+
+# ----------------------------------------------------------------------------- exercises 3, 4
+
+
+def _block_cases(position: str) -> list[tuple[str, Block, Tensor]]:
+    """Small lmkit Blocks with norms that are not the identity, and inputs off scale."""
+    cases = []
+    specs = [("layernorm", (2, 5, 16)), ("rmsnorm", (3, 4, 16)), ("layernorm", (1, 1, 16)),
+             ("layernorm", (2, 7, 8))]
+    for seed, (norm, shape) in enumerate(specs):
+        torch.manual_seed(100 + seed)  # Block's own Linear layers draw from the global seed
+        C = shape[-1]
+        config = ModelConfig(vocab_size=1, context_length=8, d_model=C, n_heads=2,
+                             norm=norm, norm_position=position)
+        block = Block(config).eval()
+        g = torch.Generator().manual_seed(seed)
+        with torch.no_grad():
+            for n in (block.norm1, block.norm2):
+                n.weight.copy_(1 + 0.5 * torch.randn(C, generator=g))
+                if getattr(n, "bias", None) is not None:
+                    n.bias.copy_(0.5 * torch.randn(C, generator=g))
+        x = torch.randn(*shape, generator=g) * 2 + 0.5
+        cases.append((f"a {norm} block, x of shape {shape}", block, x))
+    return cases
+
+
+_BLOCK_SHAPE_HINT = ("A block maps (B, T, C) to (B, T, C): attention and the MLP each return "
+                     "a (B, T, C) tensor that is added to x.")
+
+
+def _sub(block: Block):
+    return block.attn, block.mlp, block.norm1, block.norm2
+
+
+def _pre(x, a, m, n1, n2):
+    x = x + a(n1(x))
+    return x + m(n2(x))
+
+
+def _post(x, a, m, n1, n2):
+    x = n1(x + a(x))
+    return n2(x + m(x))
+
+
+def _check_block(fn, name: str, position: str, mistakes_for) -> None:
+    cases = _block_cases(position)
+    for case, block, x in cases:
+        arg = x.clone()
+        with torch.no_grad():
+            got = _call_tensors(fn, arg, *_sub(block), name=name, shape_hint=_BLOCK_SHAPE_HINT)
+            _unchanged(name, [x], [arg])
+            want = block(x)
+            mistakes = mistakes_for(x, *_sub(block))
+        _compare(name, case, got, want, mistakes, _BLOCK_SHAPE_HINT)
+    passed(name, len(cases))
+
+
+def _pre_norm_mistakes(x, a, m, n1, n2) -> list[tuple[Tensor, str]]:
+    normed_stream = ("you added the sublayer's output to the *normalized* x (x = norm1(x), then "
+                     "x = x + attn(x)). In pre-norm the residual stream itself is never "
+                     "normalized: only the sublayer's input is. Write x = x + attn(norm1(x))")
+    h = n1(x) + a(n1(x))
+    h2 = x + a(n1(x))
+    return [
+        (n2(h) + m(n2(h)), normed_stream),
+        (h + m(n2(h)), normed_stream),
+        (n2(h2) + m(n2(h2)), normed_stream),
+        (_post(x, a, m, n1, n2), "this is post-norm: you normalized after the addition. "
+                                 "Pre-norm normalizes the sublayer's input and adds its "
+                                 "output to the untouched x: x = x + attn(norm1(x))"),
+        (x + a(n1(x)) + m(n2(x)), "the MLP read x from *before* attention wrote to it. Update "
+                                  "x first (x = x + attn(norm1(x))), then apply the MLP to "
+                                  "the updated x: x = x + mlp(norm2(x))"),
+        (_pre(x, a, m, n2, n1), "norm1 and norm2 are swapped: norm1 goes before attention, "
+                                "norm2 before the MLP"),
+        ((lambda y: y + n2(m(y)))(x + n1(a(x))), "the norms go on the sublayer's *input*, not "
+                                                 "its output: x = x + attn(norm1(x))"),
+        (m(n2(a(n1(x)))), "the residual connections are missing: add each sublayer's output "
+                          "to x (x = x + attn(norm1(x)))"),
+        ((lambda y: m(n2(y)))(x + a(n1(x))), "the second residual connection is missing: "
+                                             "x = x + mlp(norm2(x))"),
+        ((lambda y: y + m(n2(y)))(a(n1(x))), "the first residual connection is missing: "
+                                             "x = x + attn(norm1(x))"),
+        (x + m(n2(a(n1(x)))), "attention's output must be added to x before the MLP reads "
+                              "it: two residual additions, x = x + attn(norm1(x)), then "
+                              "x = x + mlp(norm2(x))"),
+    ]
+
+
+def check_pre_norm_block(fn) -> None:
+    """Exercise 3: fn(x, attn, mlp, norm1, norm2) -> a pre-norm block's output."""
+    _check_block(fn, "pre_norm_block", "pre", _pre_norm_mistakes)
+
+
+def _post_norm_mistakes(x, a, m, n1, n2) -> list[tuple[Tensor, str]]:
+    return [
+        (_pre(x, a, m, n1, n2), "this is pre-norm (x = x + attn(norm1(x))). Post-norm adds "
+                                "first and normalizes the sum: x = norm1(x + attn(x))"),
+        ((lambda y: y + n2(m(y)))(x + n1(a(x))), "normalize the sum x + attn(x), not the "
+                                                 "sublayer's output alone: "
+                                                 "x = norm1(x + attn(x))"),
+        (n2(m(n1(a(x)))), "the residual connections are missing: add x before normalizing, "
+                          "x = norm1(x + attn(x))"),
+        ((lambda y: n2(m(y)))(n1(x + a(x))), "the second residual connection is missing: "
+                                             "x = norm2(x + mlp(x))"),
+        ((lambda y: n2(y + m(y)))(n1(a(x))), "the first residual connection is missing: "
+                                             "x = norm1(x + attn(x))"),
+        (_post(x, a, m, n2, n1), "norm1 and norm2 are swapped: norm1 follows attention, "
+                                 "norm2 the MLP"),
+        (n2(n1(x + a(x)) + m(x)), "the MLP read x from *before* attention's update: set "
+                                  "x = norm1(x + attn(x)) first, then x = norm2(x + mlp(x))"),
+        ((lambda y: n2(y + m(y)))(x + a(x)), "norm1 is missing: x = norm1(x + attn(x))"),
+        ((lambda y: y + m(y))(n1(x + a(x))), "norm2 is missing: x = norm2(x + mlp(x))"),
+    ]
+
+
+def check_post_norm_block(fn) -> None:
+    """Exercise 4: fn(x, attn, mlp, norm1, norm2) -> a post-norm block's output."""
+    _check_block(fn, "post_norm_block", "post", _post_norm_mistakes)
+
+
+# ----------------------------------------------------------------------------- exercise 5
+
+
+def _norm_params(config: ModelConfig) -> tuple[int, int, int]:
+    """(norm parameters in the model, number of norms, parameters per norm), counted on a real
+    TransformerLM built on the meta device (shapes only, no memory)."""
+    # norm parameters depend on d_model, n_layers, norm, bias and norm_position only: shrink
+    # the rest so building GPT-2 or Llama sizes stays instant
+    small = dataclasses.replace(config, vocab_size=1, context_length=1, n_heads=1,
+                                n_kv_heads=None, d_ff=1, positional="none")
+    with torch.device("meta"):
+        model = TransformerLM(small)
+    norms = [mod for mod in model.modules() if isinstance(mod, (LayerNorm, RMSNorm))]
+    total = sum(p.numel() for mod in norms for p in mod.parameters())
+    return total, len(norms), total // max(len(norms), 1)
+
+
+def _describe(c: ModelConfig) -> str:
+    return (f"ModelConfig(d_model={c.d_model}, n_layers={c.n_layers}, norm={c.norm!r}, "
+            f"norm_position={c.norm_position!r}, bias={c.bias})")
+
+
+def check_count_norm_params(fn) -> None:
+    """Exercise 5: fn(config) -> the number of parameters in all the norms of TransformerLM."""
+    cases = [
+        ModelConfig.gpt2(),
+        ModelConfig.llama(),
+        ModelConfig.gpt2(norm_position="post"),
+        ModelConfig.gpt2(bias=False),
+        ModelConfig.llama(norm="layernorm", n_layers=4),
+        ModelConfig(vocab_size=10, context_length=4, d_model=8, n_layers=1, n_heads=2,
+                    norm="rmsnorm", norm_position="post"),
+        ModelConfig.gpt2(n_layers=48, d_model=1600, n_heads=25),
+    ]
+    for config in cases:
+        got = call(fn, config, name="count_norm_params")
+        case = _describe(config)
+        if isinstance(got, bool) or not isinstance(got, numbers.Integral):
+            fail(f"count_norm_params on {case} should return an int, got {got!r} "
+                 f"({type(got).__name__})")
+        want, n_norms, per_norm = _norm_params(config)
+        if got == want:
+            continue
+        d, L = config.d_model, config.n_layers
+        head = f"count_norm_params on {case} should be {want:,}, got {got:,}"
+        pre = config.norm_position == "pre"
+        if pre and got == 2 * L * per_norm:
+            fail(f"{head}: the final norm is missing. A pre-norm model never normalizes the "
+                 "residual stream itself, so it applies one more norm (norm_f) before the LM "
+                 "head: 2 * n_layers + 1 norms in all")
+        if not pre and got == (2 * L + 1) * per_norm:
+            fail(f"{head}: a post-norm model has no final norm (norm_f is nn.Identity): each "
+                 "block already ends with a norm, so there are 2 * n_layers norms")
+        if got in (L * per_norm, (L + 1) * per_norm):
+            fail(f"{head}: each block has *two* norms, norm1 (for attention) and norm2 (for "
+                 "the MLP)")
+        if got == 2 * want and config.norm == "rmsnorm":
+            fail(f"{head}: RMSNorm has a weight (d_model numbers) but no bias")
+        if got == 2 * want and not config.bias:
+            fail(f"{head}: with bias=False the LayerNorms have no bias either, only a weight "
+                 "of d_model numbers")
+        if 2 * got == want and config.norm == "layernorm" and config.bias:
+            fail(f"{head}: a LayerNorm with bias=True has a weight *and* a bias, 2 * d_model "
+                 "numbers")
+        fail(f"{head} ({n_norms} norms of {per_norm:,} parameters each; d_model={d}, "
+             f"n_layers={L}). Count the norms: two per block, plus a final one for pre-norm; "
+             "then the parameters of one norm: d_model for the weight, plus d_model for a "
+             "LayerNorm's bias when bias=True")
+    passed("count_norm_params", len(cases))
+
+
+# ----------------------------------------------------------------------------- exercise 6
+
+
+def _lnb_variant(x: Tensor, w: Tensor, go: Tensor, eps: float, *, use_w: bool = True,
+                 mean_term: bool = True, xhat_term: bool = True,
+                 unbiased: bool = False) -> Tensor:
+    mean = x.mean(-1, keepdim=True)
+    sigma = (x.var(-1, keepdim=True, unbiased=unbiased) + eps).sqrt()
+    xhat = (x - mean) / sigma
+    g = go * w if use_w else go
+    out = g
+    if mean_term:
+        out = out - g.mean(-1, keepdim=True)
+    if xhat_term:
+        out = out - xhat * (g * xhat).mean(-1, keepdim=True)
+    return out / sigma
+
+
+def check_layer_norm_backward(fn) -> None:
+    """Exercise 6: fn(x, weight, grad_out, eps) -> dL/dx of LayerNorm, checked with autograd."""
+    g = torch.Generator().manual_seed(6)
+    cases = [("x of shape (2, 3, 8)", torch.randn(2, 3, 8, generator=g) * 3 + 2, 1e-5),
+             ("x of shape (4, 5)", torch.randn(4, 5, generator=g), 1e-5),
+             ("x of shape (3, 6) with eps = 0.5", torch.randn(3, 6, generator=g), 0.5),
+             ("a 1-d x of shape (16,)", torch.randn(16, generator=g) * 0.1, 1e-5),
+             ("x of shape (1, 2, 64)", torch.randn(1, 2, 64, generator=g) + 4, 1e-5)]
+    for k, (case, x, eps) in enumerate(cases):
+        C = x.shape[-1]
+        w = torch.ones(C) if k == 0 else 1 + 0.5 * torch.randn(C, generator=g)
+        go = torch.randn(x.shape, generator=g)
+        args = (x, w, go)
+        copies = [t.clone() for t in args]
+        got = _call_tensors(fn, *copies, eps, name="layer_norm_backward",
+                           shape_hint=_NORM_SHAPE_HINT)
+        _unchanged("layer_norm_backward", list(args), copies)
+        xr = x.clone().requires_grad_()
+        F.layer_norm(xr, (C,), w, None, eps).backward(go)
+        want = xr.grad
+        mistakes = [
+            (_lnb_variant(x, w, go, eps, mean_term=False, xhat_term=False),
+             "you treated the mean and the variance as constants (grad_out * weight / sigma). "
+             "Both depend on x: subtract the mean of g over the vector, and subtract x_hat "
+             "times the mean of g * x_hat"),
+            (_lnb_variant(x, w, go, eps, xhat_term=False),
+             "the mean is handled but the variance is treated as a constant: also subtract "
+             "x_hat * (g * x_hat).mean(dim=-1, keepdim=True)"),
+            (_lnb_variant(x, w, go, eps, mean_term=False),
+             "the variance term is there but the mean is treated as a constant: also subtract "
+             "g.mean(dim=-1, keepdim=True)"),
+            (_lnb_variant(x, w, go, eps, use_w=False),
+             "the weight is missing: the gradient reaching x_hat is g = grad_out * weight"),
+            (_lnb_variant(x, w, go, eps, unbiased=True),
+             "sigma must use the biased variance (divide by C), as in the forward pass"),
+        ]
+        _compare("layer_norm_backward", case, got, want, mistakes,
+                 "The gradient with respect to x has x's shape.")
+    passed("layer_norm_backward", len(cases))
