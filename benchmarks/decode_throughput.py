@@ -1,7 +1,8 @@
 """Decoding speed: lmkit with and without the KV cache vs Hugging Face `generate`, same weights.
 
-Greedy, batch 1, float32, on the CPU. Models: GPT-2 small's configuration with random weights,
-and the course model in models/shakespeare/ when that folder exists. Batch-1 decoding reads
+Greedy, batch 1, float32, on the CPU. Models: the course model in models/shakespeare/ when that
+folder exists, and GPT-2 small's configuration with random weights; Hugging Face's
+GPT2LMHeadModel gets the same weights (checked: identical greedy tokens). Batch-1 decoding reads
 every weight once per token, so its ceiling is memory bandwidth / model bytes: the bandwidth is
 measured in the same run (best of several copies of a large tensor) and every result is also
 given as a share of that ceiling. Each timing is the best of `--repeats` runs; all numbers come
@@ -11,17 +12,46 @@ from one run. On a machine shared with other work, expect noise: run it twice.
 from __future__ import annotations
 
 import argparse
-import tempfile
 import time
-from pathlib import Path
 
 import torch
 from transformers import GPT2Config, GPT2LMHeadModel
 
 from lmkit.generation import generate
-from lmkit.pretrained import load_hf
+from lmkit.model import ModelConfig, TransformerLM
+from lmkit.train import COURSE_MODEL, load_course_model
 
-COURSE_MODEL = Path(__file__).resolve().parent.parent / "models" / "shakespeare"
+
+def to_hf(model: TransformerLM) -> GPT2LMHeadModel:
+    """The same weights in Hugging Face's GPT2LMHeadModel (the inverse of lmkit.pretrained)."""
+    c = model.config
+    assert c.positional == "learned" and c.norm == "layernorm" and c.tie_embeddings
+    hf = GPT2LMHeadModel(GPT2Config(
+        vocab_size=c.vocab_size, n_positions=c.context_length, n_embd=c.d_model,
+        n_layer=c.n_layers, n_head=c.n_heads, n_inner=c.ffn_dim, layer_norm_epsilon=c.norm_eps,
+        activation_function="gelu_new", resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0,
+        bos_token_id=c.vocab_size - 1, eos_token_id=c.vocab_size - 1,
+    ))
+    sd = model.state_dict()
+    state = {"transformer.wte.weight": sd["tok_emb.weight"],
+             "transformer.wpe.weight": sd["pos_emb.weight"],
+             "transformer.ln_f.weight": sd["norm_f.weight"],
+             "transformer.ln_f.bias": sd["norm_f.bias"],
+             "lm_head.weight": sd["tok_emb.weight"]}
+    for i in range(c.n_layers):
+        b, h = f"blocks.{i}.", f"transformer.h.{i}."
+        qkv = [f"{b}attn.{n}_proj" for n in "qkv"]
+        state[f"{h}attn.c_attn.weight"] = torch.cat([sd[n + ".weight"] for n in qkv]).t()
+        state[f"{h}attn.c_attn.bias"] = torch.cat([sd[n + ".bias"] for n in qkv])
+        for ours, theirs in [("norm1", "ln_1"), ("norm2", "ln_2")]:
+            for p in ("weight", "bias"):
+                state[f"{h}{theirs}.{p}"] = sd[f"{b}{ours}.{p}"]
+        for ours, theirs in [("attn.o_proj", "attn.c_proj"), ("mlp.up_proj", "mlp.c_fc"),
+                             ("mlp.down_proj", "mlp.c_proj")]:
+            state[f"{h}{theirs}.weight"] = sd[f"{b}{ours}.weight"].t()  # Conv1D: (in, out)
+            state[f"{h}{theirs}.bias"] = sd[f"{b}{ours}.bias"]
+    hf.load_state_dict(state, strict=False)  # attention mask buffers are not weights
+    return hf.eval()
 
 
 def bandwidth(mb: int = 512, repeats: int = 5) -> float:
@@ -40,8 +70,9 @@ def model_bytes(model: torch.nn.Module) -> int:
     return sum(p.numel() * p.element_size() for p in model.parameters())  # tied counted once
 
 
-def best_time(fn, repeats: int) -> float:
-    fn()  # warm-up: first-call allocations, lazy initialisation
+def best_time(fn, repeats: int, warmup: bool = True) -> float:
+    if warmup:
+        fn()  # first-call allocations, lazy initialisation
     best = float("inf")
     for _ in range(repeats):
         start = time.perf_counter()
@@ -50,30 +81,26 @@ def best_time(fn, repeats: int) -> float:
     return best
 
 
-def bench(name: str, folder: Path, prompt_len: int, new: int, lengths: list[int],
-          repeats: int, bw: float) -> None:
-    ours = load_hf(folder)
-    hf = GPT2LMHeadModel.from_pretrained(folder).eval()
+def bench(name: str, ours: TransformerLM, new: int, lengths: list[int], repeats: int,
+          bw: float, prompt_len: int = 16) -> None:
+    ours.eval()
+    hf = to_hf(ours)
     c = ours.config
-    prompt_len = min(prompt_len, c.context_length - new)
-    ids = torch.randint(0, c.vocab_size, (1, prompt_len), generator=torch.Generator().manual_seed(0))
+    ids = torch.randint(0, c.vocab_size, (1, prompt_len),
+                        generator=torch.Generator().manual_seed(0))
     size = model_bytes(ours)
     ceiling = bw / size  # tokens/s if each token costs one read of every weight
-    print(f"\n{name}: {ours.num_parameters() / 1e6:.1f}M parameters, {size / 1e6:.0f} MB "
+    print(f"\n{name}: {ours.num_parameters() / 1e6:.2f}M parameters, {size / 1e6:.1f} MB "
           f"(float32); ceiling {ceiling:,.1f} tokens/s at the measured bandwidth")
-    print(f"  greedy, batch 1, prompt {prompt_len} tokens, {new} new tokens, "
-          f"best of {repeats}")
+    print(f"  greedy, batch 1, prompt {prompt_len} tokens, {new} new tokens, best of {repeats}")
 
-    ref = generate(ours, ids, new)
-    want = hf.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=new,
-                       do_sample=False, pad_token_id=0, eos_token_id=None)
-    assert torch.equal(ref, want), "lmkit and HF disagree on the greedy tokens"
-
-    def hf_run():
+    def hf_run(n=new):
         with torch.inference_mode():
-            hf.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=new,
-                        min_new_tokens=new, do_sample=False, pad_token_id=0, eos_token_id=None)
+            return hf.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=n,
+                               min_new_tokens=n, do_sample=False, pad_token_id=0,
+                               eos_token_id=None)
 
+    assert torch.equal(generate(ours, ids, new), hf_run()), "lmkit and HF disagree on tokens"
     runs = {
         "lmkit, KV cache": lambda: generate(ours, ids, new),
         "lmkit, no cache": lambda: generate(ours, ids, new, use_cache=False),
@@ -86,10 +113,9 @@ def bench(name: str, folder: Path, prompt_len: int, new: int, lengths: list[int]
 
     print("  KV-cache speed-up as the output grows (tokens/s with / without the cache):")
     for n in lengths:
-        n = min(n, c.context_length - prompt_len)
-        with_cache = n / best_time(lambda n=n: generate(ours, ids, n), max(1, repeats - 1))
-        without = n / best_time(lambda n=n: generate(ours, ids, n, use_cache=False),
-                                max(1, repeats - 1))
+        with_cache = n / best_time(lambda n=n: generate(ours, ids, n), repeats, warmup=False)
+        without = n / best_time(lambda n=n: generate(ours, ids, n, use_cache=False), 1,
+                                warmup=False)
         print(f"    {n:5d} new tokens: {with_cache:9,.1f} vs {without:9,.1f} tokens/s  "
               f"= {with_cache / without:5.2f}x")
 
@@ -98,7 +124,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--threads", type=int, default=None, help="torch.set_num_threads")
-    parser.add_argument("--quick", action="store_true", help="fewer tokens (a smoke test)")
+    parser.add_argument("--skip-gpt2", action="store_true", help="only the course model")
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -108,18 +134,16 @@ def main() -> None:
     print(f"memory bandwidth (copy of 512 MB, best of 5): {bw / 1e9:.1f} GB/s; "
           f"torch threads: {torch.get_num_threads()}")
 
-    if COURSE_MODEL.is_dir() and (COURSE_MODEL / "config.json").is_file():
-        bench("course model (models/shakespeare)", COURSE_MODEL, 16, 64 if args.quick else 200,
-              [32, 128] if args.quick else [32, 128, 256], args.repeats, bw)
+    if (COURSE_MODEL / "model.safetensors").is_file():
+        model, _ = load_course_model()
+        bench("course model (models/shakespeare)", model, 100, [16, 48, 112 - 16],
+              args.repeats, bw)
     else:
-        print(f"\n{COURSE_MODEL} not found (or has no config.json): skipping the course model")
+        print(f"\n{COURSE_MODEL} not found: skipping the course model")
 
-    with tempfile.TemporaryDirectory() as tmp:
-        hf = GPT2LMHeadModel(GPT2Config())  # GPT-2 small's shape, random weights
-        hf.save_pretrained(tmp)
-        del hf
-        bench("GPT-2 small configuration, random weights", Path(tmp), 16,
-              8 if args.quick else 32, [8, 32] if args.quick else [16, 64, 128],
+    if not args.skip_gpt2:
+        gpt2 = TransformerLM(ModelConfig.gpt2())  # GPT-2 small's shape, random weights
+        bench("GPT-2 small configuration, random weights", gpt2, 32, [8, 32, 64],
               args.repeats, bw)
 
 
