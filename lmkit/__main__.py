@@ -59,6 +59,18 @@ def _non_negative_float(s: str) -> float:
     return v
 
 
+def _device(s: str) -> str:
+    try:
+        device = torch.device(s)
+    except RuntimeError:
+        raise argparse.ArgumentTypeError(f"unknown device {s!r}; use cpu, cuda or mps") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise argparse.ArgumentTypeError("cuda was asked for but no CUDA GPU is available")
+    if device.type == "mps" and not torch.backends.mps.is_available():
+        raise argparse.ArgumentTypeError("mps was asked for but is not available here")
+    return s
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="python -m lmkit",
@@ -91,13 +103,14 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--lr", type=_positive_float, default=1e-3,
                    help="peak learning rate (default 1e-3); decays to lr/10")
     t.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
-    t.add_argument("--device", default=None,
+    t.add_argument("--device", type=_device, default=None,
                    help="cpu, cuda or mps (default: cuda if available, then mps, then cpu)")
     t.add_argument("--out", type=Path, required=True,
                    help="folder to write the checkpoint into (created if needed)")
     t.add_argument("--resume", action="store_true",
                    help="continue the checkpoint in --out up to --steps instead of starting over")
     t.add_argument("--no-progress", action="store_true", help="no progress bar")
+    t.set_defaults(parser=t)
 
     g = sub.add_parser(
         "generate", help="continue a prompt with a trained model",
@@ -115,7 +128,8 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--top-k", type=_positive_int, default=None,
                    help="sample only among the k most likely tokens (default: all)")
     g.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
-    g.add_argument("--device", default="cpu", help="cpu (default), cuda or mps")
+    g.set_defaults(parser=g)
+    g.add_argument("--device", type=_device, default="cpu", help="cpu (default), cuda or mps")
     return parser
 
 
@@ -214,10 +228,11 @@ def cmd_generate(parser: argparse.ArgumentParser, args: argparse.Namespace) -> N
 def main(argv: list[str] | None = None) -> None:
     parser = build_parser()
     args = parser.parse_args(argv)
+    # errors found after parsing are reported with the sub-command's usage line
     if args.command == "train":
-        cmd_train(parser, args)
+        cmd_train(args.parser, args)
     else:
-        cmd_generate(parser, args)
+        cmd_generate(args.parser, args)
 
 
 if __name__ == "__main__":

@@ -196,6 +196,9 @@ def sequence_loss(model: TransformerLM, ids: Tensor, context_length: int | None 
 class Trainer:
     """The training loop, with its state (step, optimizer, RNGs, history) so it can be saved and
     resumed exactly. `run()` trains to `config.steps` (or `steps` more) and returns the history.
+
+    Creating one seeds torch's global generator with config.seed too (dropout draws from it),
+    so a run is reproducible from its TrainConfig alone.
     """
 
     def __init__(

@@ -82,6 +82,7 @@ def test_generate_with_the_course_model_by_default(capsys):
     (["generate", "--max-new-tokens", "0"], "must be at least 1"),
     (["generate", "--temperature", "-1"], "must be 0 or more"),
     (["generate", "--temperature", "hot"], "expected a number"),
+    (["generate", "--device", "gpu"], "unknown device"),
     (["train", "--steps", "10"], "--out"),
     (["train", "--size", "huge", "--out", "x"], "invalid choice"),
     (["train", "--corpus", "no-such-play", "--out", "x"], "neither 'shakespeare'"),
