@@ -12,7 +12,7 @@ NOTEBOOKS := chapters solutions exercises
 PYTEST_NB := --nbval --nbval-current-env --nbval-sanitize-with tests/sanitize.cfg \
              --nbval-cell-timeout 600
 
-.PHONY: setup lab test unit notebooks lint exercises notebooks slides bench lock clean
+.PHONY: setup lab test unit lint exercises notebooks slides bench course-model lock clean
 
 ## setup: create .venv from requirements.lock (only when missing or the lock changed)
 setup: $(STAMP)
@@ -56,13 +56,20 @@ notebooks: setup
 slides: setup
 	$(BIN)/jupyter nbconvert --to slides --output-dir build/slides chapters/*.ipynb
 
-## bench: speed measurements against references (prints ratios)
+## bench: speed measurements against references (prints ratios; takes a few minutes)
 bench: setup
 	$(BIN)/python benchmarks/bpe_training.py
+	$(BIN)/python benchmarks/train_throughput.py
+	$(BIN)/python benchmarks/decode_throughput.py
+
+## course-model: retrain the shipped model in models/shakespeare (about 15 minutes on 2 cores)
+course-model: setup
+	$(BIN)/python tools/train_course_model.py
 
 ## lock: refresh requirements.lock from the current .venv
 lock: setup
-	$(BIN)/python -m pip freeze --exclude-editable | sed 's/^torch==\([0-9.]*\)+.*/torch==\1/' > requirements.lock.new
+	head -2 requirements.lock > requirements.lock.new
+	$(BIN)/python -m pip freeze --exclude-editable | sed 's/^torch==\([0-9.]*\)+.*/torch==\1/' >> requirements.lock.new
 	mv requirements.lock.new requirements.lock
 
 clean:
