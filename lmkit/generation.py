@@ -101,8 +101,12 @@ def _check_args(model: nn.Module, ids: Tensor, max_new_tokens: int, *, do_sample
 
 
 def _next_logits(model: nn.Module, ids: Tensor, new: Tensor | None, cache) -> Tensor:
-    """The logits (B, V) for the token after `ids`; `new` are the tokens not yet seen."""
-    with torch.no_grad():
+    """The logits (B, V) for the token after `ids`; `new` are the tokens not yet seen.
+
+    inference_mode (no_grad without autograd's bookkeeping) saves about a tenth of a small
+    model's step; only the logits and the cache are inference tensors, never what we return.
+    """
+    with torch.inference_mode():
         if cache is None:
             return model(ids)[:, -1, :]  # recompute the whole sequence: (B, T, V) -> (B, V)
         return model(ids if new is None else new, cache=cache)[:, -1, :]  # (B, V)
@@ -219,6 +223,7 @@ def generate(
     if not return_logits:
         return out
     stacked = torch.stack(logits, dim=1) if logits else torch.empty(B, 0, V)  # (B, new, V)
+    stacked = stacked.clone() if stacked.is_inference() else stacked  # usable outside
     return out, stacked
 
 

@@ -307,6 +307,12 @@ def test_training_flag_restored_and_no_graph_built():
     model = tiny().train()
     out, logits = generate(model, prompt(), 5, return_logits=True)
     assert model.training and not logits.requires_grad
+    assert not out.is_inference() and not logits.is_inference()  # in-place edits allowed
+    out[0, 0] = 1
+    logits.mul_(2)
+    seqs, scores = beam_search(model, prompt(), 3, num_beams=2)
+    assert not seqs.is_inference() and not scores.is_inference()
+    assert not any(t.is_inference() for t in generate_stream(model, prompt(), 3))
     beam_search(model, prompt(), 3, num_beams=2)
     assert model.training
     stream = generate_stream(model, prompt(), 5)
