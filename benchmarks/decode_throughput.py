@@ -5,8 +5,8 @@ folder exists, and GPT-2 small's configuration with random weights; Hugging Face
 GPT2LMHeadModel gets the same weights (checked: identical greedy tokens). Batch-1 decoding reads
 every weight once per token, so its ceiling is memory bandwidth / model bytes: the bandwidth is
 measured in the same run (best of several copies of a large tensor) and every result is also
-given as a share of that ceiling. Each timing is the best of `--repeats` runs; all numbers come
-from one run. On a machine shared with other work, expect noise: run it twice.
+given as a share of that ceiling. Each timing is the best of `--repeats` interleaved runs; all
+numbers come from one run. On a machine shared with other work, expect noise: run it twice.
 """
 
 from __future__ import annotations
@@ -70,14 +70,20 @@ def model_bytes(model: torch.nn.Module) -> int:
     return sum(p.numel() * p.element_size() for p in model.parameters())  # tied counted once
 
 
-def best_time(fn, repeats: int, warmup: bool = True) -> float:
-    if warmup:
-        fn()  # first-call allocations, lazy initialisation
-    best = float("inf")
+def race(fns: dict, repeats: int) -> dict[str, float]:
+    """Best time of each function over `repeats` rounds, the functions taking turns.
+
+    Interleaving gives every contender the same share of a busy machine's good and bad
+    moments; the best time is the one least disturbed by other work.
+    """
+    for fn in fns.values():
+        fn()  # warm-up: first-call allocations, lazy initialisation
+    best = dict.fromkeys(fns, float("inf"))
     for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        best = min(best, time.perf_counter() - start)
+        for name, fn in fns.items():
+            start = time.perf_counter()
+            fn()
+            best[name] = min(best[name], time.perf_counter() - start)
     return best
 
 
@@ -106,16 +112,16 @@ def bench(name: str, ours: TransformerLM, new: int, lengths: list[int], repeats:
         "lmkit, no cache": lambda: generate(ours, ids, new, use_cache=False),
         "HF generate (cache)": hf_run,
     }
-    rate = {k: new / best_time(fn, repeats) for k, fn in runs.items()}
+    rate = {k: new / t for k, t in race(runs, repeats).items()}
     for k, r in rate.items():
         print(f"  {k:22s} {r:9,.1f} tokens/s  {r / rate['HF generate (cache)']:5.2f}x HF  "
               f"{100 * r / ceiling:5.1f}% of the bandwidth ceiling")
 
     print("  KV-cache speed-up as the output grows (tokens/s with / without the cache):")
     for n in lengths:
-        with_cache = n / best_time(lambda n=n: generate(ours, ids, n), repeats, warmup=False)
-        without = n / best_time(lambda n=n: generate(ours, ids, n, use_cache=False), 1,
-                                warmup=False)
+        t = race({"cache": lambda n=n: generate(ours, ids, n),
+                  "none": lambda n=n: generate(ours, ids, n, use_cache=False)}, repeats)
+        with_cache, without = n / t["cache"], n / t["none"]
         print(f"    {n:5d} new tokens: {with_cache:9,.1f} vs {without:9,.1f} tokens/s  "
               f"= {with_cache / without:5.2f}x")
 
@@ -123,9 +129,13 @@ def bench(name: str, ours: TransformerLM, new: int, lengths: list[int], repeats:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--repeats", type=int, default=3)
-    parser.add_argument("--threads", type=int, default=None, help="torch.set_num_threads")
+    parser.add_argument("--threads", type=int, default=1,
+                        help="torch.set_num_threads; 0 keeps torch's default (see below)")
     parser.add_argument("--skip-gpt2", action="store_true", help="only the course model")
     args = parser.parse_args()
+    # One thread by default: batch-1 decoding is bound by memory, not arithmetic, and on a
+    # small shared machine torch's thread pool waits on busy cores at every one of the
+    # thousands of small ops per token (measured: 2 threads up to 4x slower than 1 under load).
     if args.threads:
         torch.set_num_threads(args.threads)
     torch.manual_seed(0)
