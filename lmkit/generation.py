@@ -195,7 +195,8 @@ def generate(
     temperature) after top-k then top-p filtering (both ignored when greedy, as in HF).
     num_beams > 1 is beam search (see `beam_search`). Rows that produce `eos_token_id` are
     padded with it; decoding stops early once every row has. With `return_logits` (not for
-    beams) also returns the model's raw logits (B, new, V) at each step.
+    beams) also returns the model's raw logits (B, new, V) at each step. T + max_new_tokens
+    must fit in the context window: otherwise a ValueError says how to crop the prompt.
     """
     _check_args(model, ids, max_new_tokens, do_sample=do_sample, temperature=temperature,
                 top_k=top_k, top_p=top_p, num_beams=num_beams)
