@@ -256,3 +256,25 @@ def test_sequence_loss_averages_consecutive_windows():
     assert T.sequence_loss(model, ids) == pytest.approx(want, abs=1e-6)
     with pytest.raises(ValueError, match="at least 17 tokens"):
         T.sequence_loss(model, ids[:16])
+
+
+def test_llama_style_untied_model_round_trips(tmp_path):
+    torch.manual_seed(0)
+    cfg = ModelConfig.llama(vocab_size=32, context_length=16, d_model=32, n_layers=1, n_heads=4,
+                            n_kv_heads=2)
+    model = TransformerLM(cfg)
+    T.save_model(model, tmp_path)
+    assert "lm_head.weight" in load_file(tmp_path / "model.safetensors")  # untied: stored
+    again = T.load_model(tmp_path, device="cpu")
+    ids = torch.randint(32, (1, 8))
+    torch.testing.assert_close(again(ids), model(ids), rtol=0, atol=0)
+
+
+def test_pick_device_prefers_cuda_then_mps(monkeypatch):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    assert T.pick_device() == torch.device("cuda")
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    monkeypatch.setattr(torch.backends.mps, "is_available", lambda: True)
+    assert T.pick_device() == torch.device("mps")
+    monkeypatch.setattr(torch.backends.mps, "is_available", lambda: False)
+    assert T.pick_device() == torch.device("cpu")
