@@ -16,6 +16,7 @@ from pathlib import Path
 import torch
 
 from lmkit import data
+from lmkit.generation import generate
 from lmkit.model import ModelConfig, TransformerLM
 from lmkit.tokenizer import BPETokenizer, CharTokenizer
 from lmkit.train import COURSE_MODEL, TrainConfig, Trainer, load_model, sample
@@ -219,9 +220,15 @@ def cmd_generate(parser: argparse.ArgumentParser, args: argparse.Namespace) -> N
     if not ids:
         parser.error("--prompt is empty; give at least one character")
     model = load_model(folder, device=args.device)
-    # TODO: switch to lmkit.generation.generate when it lands (chapter 08).
-    out = sample(model, ids, args.max_new_tokens, temperature=args.temperature,
-                 top_k=args.top_k, generator=torch.Generator().manual_seed(args.seed))
+    if len(ids) + args.max_new_tokens <= model.config.context_length:
+        x = torch.tensor([ids], device=args.device)  # (1, T)
+        g = torch.Generator(device=args.device).manual_seed(args.seed)
+        out = generate(model, x, args.max_new_tokens, do_sample=args.temperature > 0,
+                       temperature=args.temperature or 1.0, top_k=args.top_k,
+                       generator=g)[0].tolist()
+    else:  # longer than the window, which lmkit.generation refuses: slide it, token by token
+        out = sample(model, ids, args.max_new_tokens, temperature=args.temperature,
+                     top_k=args.top_k, generator=torch.Generator().manual_seed(args.seed))
     print(tok.decode(out))
 
 

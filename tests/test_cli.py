@@ -54,6 +54,9 @@ def test_train_then_generate_with_a_char_model(tmp_path, corpus, capsys):
     again = run(["generate", "--model", out, "--prompt", "ROMEO:", "--max-new-tokens", 20],
                 capsys)
     assert again.out == res.out  # seeded
+    longer = run(["generate", "--model", out, "--prompt", "ROMEO:", "--max-new-tokens", 100],
+                 capsys)  # past the 64-token window: the sliding-window loop
+    assert longer.out.startswith("ROMEO:") and len(longer.out) > len(res.out)
 
     res = run(["train", "--corpus", corpus, "--size", "tiny", "--steps", 6, "--batch-size", 4,
                "--out", out, "--no-progress", "--resume"], capsys)
