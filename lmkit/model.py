@@ -69,6 +69,7 @@ class ModelConfig:
     causal: bool = True  # False: bidirectional encoder (chapter 10)
     window: int | None = None  # sliding-window attention span (chapter 09)
     use_sdpa: bool = True  # PyTorch's fused attention kernel; False: the explicit path
+    fused_ops: bool = True  # PyTorch's kernels for norms and activations; False: written out
 
     def __post_init__(self):
         for name in ("vocab_size", "context_length", "d_model", "n_layers", "n_heads"):
@@ -167,15 +168,17 @@ class Block(nn.Module):
         super().__init__()
         c = config
         self.norm_position = c.norm_position
-        self.norm1 = make_norm(c.norm, c.d_model, c.norm_eps, bias=c.bias)
+        self.norm1 = make_norm(c.norm, c.d_model, c.norm_eps, bias=c.bias, fused=c.fused_ops)
         self.attn = MultiHeadAttention(
             c.d_model, c.n_heads, c.num_kv_heads, bias=c.bias, causal=c.causal,
             dropout=c.dropout, window=c.window, use_sdpa=c.use_sdpa,
             rope_theta=c.rope_theta if c.positional == "rope" else None,
             context_length=c.context_length,
         )
-        self.norm2 = make_norm(c.norm, c.d_model, c.norm_eps, bias=c.bias)
-        self.mlp = FeedForward(c.d_model, c.ffn_dim, c.activation, bias=c.bias, dropout=c.dropout)
+        self.norm2 = make_norm(c.norm, c.d_model, c.norm_eps, bias=c.bias, fused=c.fused_ops)
+        self.mlp = FeedForward(
+            c.d_model, c.ffn_dim, c.activation, bias=c.bias, dropout=c.dropout, fused=c.fused_ops
+        )
 
     def forward(
         self, x: Tensor, cache: KVCache | None = None, mask: Tensor | None = None
@@ -209,7 +212,7 @@ class TransformerLM(nn.Module):
         self.drop = nn.Dropout(c.dropout)
         self.blocks = nn.ModuleList(Block(c) for _ in range(c.n_layers))
         if c.norm_position == "pre":
-            self.norm_f = make_norm(c.norm, c.d_model, c.norm_eps, bias=c.bias)
+            self.norm_f = make_norm(c.norm, c.d_model, c.norm_eps, bias=c.bias, fused=c.fused_ops)
         else:
             self.norm_f = nn.Identity()
         self.lm_head = nn.Linear(c.d_model, c.vocab_size, bias=False)

@@ -50,3 +50,9 @@ def test_swiglu_shape_and_formula():
     assert {n for n, _ in ffn.named_parameters()} == {
         "gate_proj.weight", "up_proj.weight", "down_proj.weight"
     }
+
+
+@pytest.mark.parametrize("name", ["relu", "gelu", "gelu_tanh", "silu", "swiglu"])
+def test_fused_activations_equal_the_written_out_ones(name):
+    x = torch.linspace(-6, 6, 1001)
+    torch.testing.assert_close(get_activation(name, fused=True)(x), get_activation(name)(x))

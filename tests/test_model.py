@@ -85,6 +85,16 @@ def test_sdpa_and_explicit_paths_agree():
         torch.testing.assert_close(fused(ids()), explicit(ids()), atol=1e-5, rtol=1e-5)
 
 
+@pytest.mark.parametrize("make", [tiny, tiny_llama])
+def test_fused_ops_and_written_out_ops_agree(make):
+    torch.manual_seed(0)
+    fused = TransformerLM(make(fused_ops=True)).eval()
+    written = TransformerLM(make(fused_ops=False)).eval()
+    written.load_state_dict(fused.state_dict())
+    with torch.no_grad():
+        torch.testing.assert_close(fused(ids()), written(ids()), atol=1e-5, rtol=1e-5)
+
+
 def test_return_hidden_gives_embeddings_and_every_block_output():
     model = TransformerLM(tiny()).eval()
     x = ids(2, 6)
