@@ -1,21 +1,37 @@
 """lmkit: a transformer language model built step by step, one module per chapter.
 
     tokenizer    01  text <-> ids (characters, bytes, byte-level BPE)
-    data         01  the Shakespeare corpus, offline
+    data         01  the Shakespeare corpus, offline; 07 splits and batches
     embeddings   02  token embeddings; learned, sinusoidal and rotary positions
     attention    03  scaled dot-product and multi-head attention, masks, KV cache
     ffn          04  the feed-forward network and its activations
     norm         05  LayerNorm and RMSNorm
     model        06  ModelConfig and TransformerLM (GPT-2 and Llama styles)
     pretrained   06  loading Hugging Face checkpoints (safetensors)
+    train        07  the training loop, schedules, checkpoints, the course model
+    generation   08  greedy, sampling, top-k, top-p, beam search, with a KV cache
     checks           the exercise checkers used by exercises/ and solutions/
+
+`lmkit.generate(model, ids, max_new_tokens, ...)` follows Hugging Face's `generate()`.
 """
 
-from . import attention, data, embeddings, ffn, model, norm, pretrained, tokenizer
+from . import (
+    attention,
+    data,
+    embeddings,
+    ffn,
+    generation,
+    model,
+    norm,
+    pretrained,
+    tokenizer,
+    train,
+)
+from .generation import generate, generate_stream
 from .model import ModelConfig, TransformerLM
 
 __version__ = "0.1.0"
 __all__ = [
     "tokenizer", "data", "embeddings", "attention", "ffn", "norm", "model", "pretrained",
-    "ModelConfig", "TransformerLM",
+    "train", "generation", "ModelConfig", "TransformerLM", "generate", "generate_stream",
 ]

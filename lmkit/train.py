@@ -435,13 +435,13 @@ def load_model(
 
 
 def load_course_model(device: str | torch.device = "cpu"):
-    """(model, tokenizer): the course's Shakespeare model and its BPE tokenizer (chapter 00)."""
+    """(model, tokenizer): the course's Shakespeare model, in eval mode, and its BPE tokenizer (ch. 00)."""
     from lmkit.tokenizer import BPETokenizer
 
     if not (COURSE_MODEL / "model.safetensors").is_file():
         raise FileNotFoundError(f"the course model is missing from {COURSE_MODEL}; "
                                 "rebuild it with `make course-model`")
-    return load_model(COURSE_MODEL, device=device), BPETokenizer.load(COURSE_MODEL)
+    return load_model(COURSE_MODEL, device=device).eval(), BPETokenizer.load(COURSE_MODEL)
 
 
 def _weights(model: TransformerLM) -> dict[str, Tensor]:

@@ -44,6 +44,7 @@ def test_validation_loss_matches_the_recorded_figure(record):
 
 def test_the_config_on_disk_is_what_the_script_trains(record):
     model, tok = load_course_model()
+    assert not model.training, "the course model is for inference: load it in eval mode"
     on_disk = model.config.to_dict()  # fields added after training (e.g. fused_ops) take defaults
     assert {k: on_disk[k] for k in record["model_config"]} == record["model_config"]
     assert {k: record["model_config"][k] for k in train_course_model.MODEL} == \

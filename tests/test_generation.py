@@ -382,3 +382,9 @@ def test_prompt_plus_new_tokens_beyond_the_context_is_an_error_not_a_silent_crop
         list(generate_stream(model, prompt(T=10), 8))
     with pytest.raises(ValueError, match="context window"):
         beam_search(model, prompt(T=10), 8, num_beams=2)
+
+
+def test_generate_is_exported_at_the_top_level():
+    import lmkit
+
+    assert lmkit.generate is generate and callable(lmkit.generate_stream)
