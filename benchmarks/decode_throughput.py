@@ -4,7 +4,7 @@ Greedy, batch 1, float32, on the CPU. Models: the course model in models/shakesp
 folder exists, and GPT-2 small's configuration with random weights; Hugging Face's
 GPT2LMHeadModel gets the same weights (checked: identical greedy tokens). Batch-1 decoding reads
 every weight once per token, so its ceiling is memory bandwidth / model bytes: the bandwidth is
-measured in the same run (best of several copies of a large tensor) and every result is also
+measured in the same run (best of several copies and sums of a large tensor) and every result is also
 given as a share of that ceiling. Each timing is the best of `--repeats` interleaved runs; all
 numbers come from one run. On a machine shared with other work, expect noise: run it twice.
 """
@@ -55,15 +55,20 @@ def to_hf(model: TransformerLM) -> GPT2LMHeadModel:
 
 
 def bandwidth(mb: int = 512, repeats: int = 5) -> float:
-    """Bytes per second moved by a large copy (it reads mb and writes mb), best of `repeats`."""
+    """Bytes per second of memory traffic, best of `repeats`: the faster of a large copy (reads
+    mb and writes mb) and a large sum (reads mb), since decoding mostly reads weights."""
     src = torch.ones(mb * 2**20 // 4)
     dst = torch.empty_like(src)
-    best = float("inf")
+    best_copy = best_read = float("inf")
     for _ in range(repeats):
         start = time.perf_counter()
         dst.copy_(src)
-        best = min(best, time.perf_counter() - start)
-    return 2 * src.numel() * 4 / best
+        best_copy = min(best_copy, time.perf_counter() - start)
+        start = time.perf_counter()
+        src.sum()
+        best_read = min(best_read, time.perf_counter() - start)
+    nbytes = src.numel() * 4
+    return max(2 * nbytes / best_copy, nbytes / best_read)
 
 
 def model_bytes(model: torch.nn.Module) -> int:
@@ -141,7 +146,7 @@ def main() -> None:
     torch.manual_seed(0)
 
     bw = bandwidth()
-    print(f"memory bandwidth (copy of 512 MB, best of 5): {bw / 1e9:.1f} GB/s; "
+    print(f"memory bandwidth (512 MB copy or sum, best of 5): {bw / 1e9:.1f} GB/s; "
           f"torch threads: {torch.get_num_threads()}")
 
     if (COURSE_MODEL / "model.safetensors").is_file():
