@@ -1,5 +1,7 @@
 # lmkit course. The two commands a student needs: `make lab` and `make test`.
 PYTHON ?= python3
+# Linux without an NVIDIA GPU: TORCH_INDEX=https://download.pytorch.org/whl/cpu skips CUDA libraries
+TORCH_INDEX ?=
 VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
@@ -19,7 +21,8 @@ setup: $(STAMP)
 
 $(STAMP): requirements.lock pyproject.toml tools/jupyterlab_overrides.json
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
-	$(BIN)/python -m pip install --disable-pip-version-check -q -r requirements.lock
+	$(BIN)/python -m pip install --disable-pip-version-check -q -r requirements.lock \
+		$(if $(TORCH_INDEX),--extra-index-url $(TORCH_INDEX))
 	$(BIN)/python -m pip install --disable-pip-version-check -q --no-deps -e .
 	$(BIN)/python -m ipykernel install --sys-prefix --name lmkit --display-name "Python (lmkit)" >/dev/null
 	@mkdir -p $(VENV)/share/jupyter/lab/settings
