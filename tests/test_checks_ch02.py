@@ -87,6 +87,8 @@ def test_sinusoidal(capsys):
         )
     with pytest.raises(AssertionError, match="you returned the transpose"):
         ch02.check_sinusoidal(lambda T, d: sinusoidal_encoding(T, d).T)
+    with pytest.raises(AssertionError, match=r"last dimension of size 2; reshape to \(T, d_model\)"):
+        ch02.check_sinusoidal(lambda T, d: torch.stack([_angles(T, d).sin(), _angles(T, d).cos()], -1))
 
 
 def add_positions(ids, tok_table, pos_table):
@@ -118,6 +120,14 @@ def test_add_positions(capsys):
     with pytest.raises(AssertionError, match="returned a result, but there are only 16"):
         ch02.check_add_positions(pads_positions)
 
+    def rejects_full_window(ids, tok, pos):  # off by one: T == context_length still fits
+        if ids.shape[1] >= pos.shape[0]:
+            raise ValueError("too long")
+        return add_positions(ids, tok, pos)
+
+    with pytest.raises(AssertionError, match=r"T = 16 tokens fit(.|\n)*only when T > pos_table"):
+        ch02.check_add_positions(rejects_full_window)
+
 
 def test_position_similarity(capsys):
     def cosine(pe):
@@ -134,6 +144,13 @@ def test_position_similarity(capsys):
         ch02.check_position_similarity(lambda pe: cosine(pe.T))
     with pytest.raises(AssertionError, match="diagonal should be all 1"):
         ch02.check_position_similarity(lambda pe: F.normalize(pe, dim=-1) @ pe.T)
+
+    def norm_without_keepdim(pe):  # (T, C) / (T,) lines up with the columns
+        unit = pe / pe.norm(dim=-1)
+        return unit @ unit.T
+
+    with pytest.raises(AssertionError, match="keepdim=True"):
+        ch02.check_position_similarity(norm_without_keepdim)
 
 
 def is_permutation_equivariant(layer, x, n_trials=3):

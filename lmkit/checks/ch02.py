@@ -140,6 +140,9 @@ def check_sinusoidal(fn) -> None:
                 hint = ": rows are positions and columns are dimensions, you returned the transpose"
             elif _shape(got) == (T, C // 2):
                 hint = ": each frequency gives two columns, one sin and one cos"
+            elif _shape(got) == (T, C // 2, 2):
+                hint = (": each (sin, cos) pair sits in a last dimension of size 2; reshape to "
+                        "(T, d_model), which puts sin in the even and cos in the odd columns")
             fail(f"sinusoidal({T}, {C}) should have shape ({T}, {C}), got {_shape(got)}{hint}")
         if not torch.is_floating_point(got):
             fail(f"sinusoidal({T}, {C}) returned dtype {got.dtype}: build the table from float "
@@ -184,6 +187,9 @@ def check_add_positions(fn) -> None:
                 fail(f"{e}\npos_table has a row for each of the {L} positions of the context "
                      "window; take the rows of the T positions in use, pos_table[:T], so that "
                      "(B, T, C) + (T, C) broadcasts")
+            if "raised ValueError" in str(e):
+                fail(f"{e}\nT = {T} tokens fit in a table of {L} positions (0 to {L - 1}): "
+                     "raise the ValueError only when T > pos_table.shape[0]")
             raise
         got = _as_tensor(got, "add_positions")
         tok = tok_table[ids]  # (B, T, C)
@@ -237,7 +243,14 @@ def check_position_similarity(fn) -> None:
     for pe in cases:
         T, C = pe.shape
         shown = f"position_similarity(pe of shape {(T, C)})"
-        got = _call(fn, pe.clone(), name="position_similarity", shown=shown)
+        try:
+            got = _call(fn, pe.clone(), name="position_similarity", shown=shown)
+        except AssertionError as e:
+            if "must match the size" in str(e):
+                fail(f"{e}\npe.norm(dim=-1) has shape (T,), which lines up with the columns of "
+                     "pe, not its rows: keep it as a (T, 1) column with keepdim=True so that "
+                     "each row is divided by its own length")
+            raise
         got = _as_tensor(got, "position_similarity")
         want = F.cosine_similarity(pe[:, None, :], pe[None, :, :], dim=-1)  # (T, T)
         if _shape(got) != (T, T):
