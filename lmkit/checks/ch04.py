@@ -7,6 +7,7 @@ a result that equals "the activation after the down-projection" gets that hint.
 
 from __future__ import annotations
 
+import itertools
 import math
 import numbers
 
@@ -121,6 +122,11 @@ def check_gelu_tanh(fn) -> None:
                                                               "sqrt(2 * pi)"),
             (_gelu_tanh_variant(x, half=1.0), "the leading factor 0.5 is missing"),
             (x * torch.sigmoid(x), "this is SiLU, x * sigmoid(x), not GELU"),
+            (0.5 * x * (1 + torch.tanh(math.sqrt(2 / math.pi) * x + 0.044715 * x**3)),
+             "check the brackets: sqrt(2 / pi) multiplies the whole sum, "
+             "sqrt(2 / pi) * (x + 0.044715 * x**3)"),
+            (0.5 * x * (1 + torch.tanh(math.sqrt(2 / math.pi) * (x + 0.044715 * x**2))),
+             "the cubic term is 0.044715 * x**3 (x cubed), not x**2"),
         ]
         _compare("gelu_tanh", case, got, F.gelu(x, approximate="tanh"), mistakes,
                  "An activation works number by number: the output has the input's shape.", x=x)
@@ -276,10 +282,18 @@ def check_swiglu(fn) -> None:
                                              "not added"),
             ((F.silu(gate) * up), "the down-projection is missing: finish with @ W_down.T"),
         ]
-        if d == d_ff:
-            mistakes.append(((F.silu(x @ W_gate) * (x @ W_up)) @ W_down,
-                             "weights are in nn.Linear's layout (out_features, in_features): "
-                             "use x @ W_gate.T, x @ W_up.T and h @ W_down.T"))
+        if d == d_ff:  # square weights: any missing transpose runs, with wrong numbers
+            for t_gate, t_up, t_down in itertools.product([False, True], repeat=3):
+                if t_gate and t_up and t_down:
+                    continue  # all three transposed: the right answer
+                Wg, Wu, Wd = (W.T if t else W for W, t in [(W_gate, t_gate), (W_up, t_up),
+                                                           (W_down, t_down)])
+                missing = [n for n, t in [("x @ W_gate.T", t_gate), ("x @ W_up.T", t_up),
+                                          ("h @ W_down.T", t_down)] if not t]
+                mistakes.append(((F.silu(x @ Wg) * (x @ Wu)) @ Wd,
+                                 "weights are in nn.Linear's layout (out_features, in_features):"
+                                 " every product needs the transpose; you are missing it in "
+                                 + " and ".join(missing)))
         case = f"x of shape {shape}, d_ff = {d_ff}"
         _compare("swiglu", case, got, want, mistakes,
                  "The output must have x's shape (..., d_model).")
