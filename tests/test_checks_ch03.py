@@ -167,6 +167,19 @@ def test_attention(capsys):
     with pytest.raises(AssertionError, match="use k.transpose\\(-2, -1\\)"):
         ch03.check_attention(dot_t)
 
+    def by_n_keys(q, k, v, mask=None):  # sqrt of the number of keys, not of D
+        return scaled_dot_product_attention(q * math.sqrt(q.shape[-1] / k.shape[-2]), k, v, mask)
+
+    with pytest.raises(AssertionError, match="square root of the number of keys, 4"):
+        ch03.check_attention(by_n_keys)
+
+    def masked_after(q, k, v, mask=None):  # zeroes weights after the softmax
+        weights = torch.softmax(q @ k.transpose(-2, -1) / math.sqrt(q.shape[-1]), dim=-1)
+        return (weights if mask is None else weights * mask) @ v
+
+    with pytest.raises(AssertionError, match="zeroed the weights after the softmax"):
+        ch03.check_attention(masked_after)
+
     def both(q, k, v, mask=None):
         return scaled_dot_product_attention(q, k, v, mask, return_weights=True)
 
@@ -239,6 +252,12 @@ def test_multi_head_attention(capsys):
     with pytest.raises(AssertionError, match="heads are mixed up"):
         ch03.check_multi_head_attention(
             lambda x, *Ws: multi_head_attention(x, *Ws, split=reshape_split))
+
+    def one_head(x, W_q, W_k, W_v, W_o, n_heads):  # forgot to split into heads
+        return multi_head_attention(x, W_q, W_k, W_v, W_o, 1)
+
+    with pytest.raises(AssertionError, match="ONE head as wide as the model"):
+        ch03.check_multi_head_attention(one_head)
 
     def transposed(x, W_q, W_k, W_v, W_o, n_heads):
         return multi_head_attention(x, W_q.T, W_k.T, W_v.T, W_o.T, n_heads)

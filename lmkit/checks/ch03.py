@@ -172,13 +172,16 @@ def check_causal_mask(fn) -> None:
 # --------------------------------------------------------------------------- exercise 3
 
 
-def _attention_variant(q, k, v, mask=None, scale="sqrt", dim=-1):
-    D = q.shape[-1]
+def _attention_variant(q, k, v, mask=None, scale="sqrt", dim=-1, mask_after=False):
+    D, Tk = q.shape[-1], k.shape[-2]
     scores = q @ k.transpose(-2, -1)
-    scores = scores / {"sqrt": math.sqrt(D), "none": 1.0, "D": D}[scale]
-    if mask is not None:
+    scores = scores / {"sqrt": math.sqrt(D), "none": 1.0, "D": D, "Tk": math.sqrt(Tk)}[scale]
+    if mask is not None and not mask_after:
         scores = scores.masked_fill(~mask, float("-inf"))
-    return torch.softmax(scores, dim=dim) @ v
+    weights = torch.softmax(scores, dim=dim)
+    if mask is not None and mask_after:
+        weights = weights * mask  # zeroed after normalising: rows no longer sum to 1
+    return weights @ v
 
 
 def _attention_cases():
@@ -225,6 +228,14 @@ def check_attention(fn) -> None:
         if _close(got, _attention_variant(q, k, v, mask, scale="D")):
             fail(f"attention({case}): you divided the scores by D = {q.shape[-1]}; divide by "
                  f"sqrt(D) = {math.sqrt(q.shape[-1]):.3f}")
+        if k.shape[-2] != q.shape[-1] and _close(got, _attention_variant(q, k, v, mask,
+                                                                         scale="Tk")):
+            fail(f"attention({case}): you divided the scores by the square root of the number "
+                 f"of keys, {k.shape[-2]}; D is the size of each query and key vector, "
+                 f"q.shape[-1] = {q.shape[-1]}")
+        if mask is not None and _close(got, _attention_variant(q, k, v, mask, mask_after=True)):
+            fail(f"attention({case}): you zeroed the weights after the softmax, so the rows no "
+                 "longer sum to 1: mask the scores with -inf before the softmax (exercise 1)")
         if mask is not None and _close(got, _attention_variant(q, k, v, None)):
             fail(f"attention({case}) equals attention without the mask: set the scores where "
                  "the mask is False to -inf before the softmax")
@@ -233,7 +244,8 @@ def check_attention(fn) -> None:
                  "keys, the last dimension of the scores (dim=-1)")
         err = (got - want).abs().max().item()
         fail(f"attention({case}) is off by up to {err:.4g}: compute softmax(q @ kᵀ / sqrt(D)) "
-             "@ v, with kᵀ = k.transpose(-2, -1) (not k.T, which reverses every dimension)")
+             "@ v, with kᵀ = k.transpose(-2, -1), D = q.shape[-1], and the softmax over the "
+             "keys (dim=-1)")
     passed("attention", len(cases))
 
 
@@ -280,8 +292,10 @@ def check_split_merge(split_heads, merge_heads) -> None:
 
 
 def _mha_variant(x, Wq, Wk, Wv, Wo, H, scale="D", split_t=True, merge_t=True, use_wo=True,
-                 transpose_w=False):
+                 transpose_w=False, single_head=False):
     B, T, C = x.shape
+    if single_head:
+        H = 1
     D = C // H
     if transpose_w:
         Wq, Wk, Wv, Wo = Wq.T, Wk.T, Wv.T, Wo.T
@@ -319,6 +333,9 @@ _MHA_HINTS = [
     (dict(split_t=False, merge_t=False), "heads are mixed up: split with .view(B, T, H, "
                                          "D).transpose(1, 2) and merge with transpose(1, 2) "
                                          "then reshape, not plain reshapes"),
+    (dict(single_head=True), "your output equals ONE head as wide as the model: split the "
+                             "queries, keys and values into n_heads heads of D = C / n_heads "
+                             "channels, and scale each head's scores by sqrt(D)"),
     (dict(transpose_w=True), "you multiplied by the transposed matrices: the weights are given "
                              "as (C_in, C_out), so compute x @ W (it is nn.Linear that stores "
                              "W.T)"),
