@@ -122,6 +122,8 @@ def test_count_params(capsys):
          "tie_embeddings=False the LM head has its own"),
         (lambda c: count_params(type(c).gpt2(**{**c.to_dict(), "d_ff": None})),
          "config.ffn_dim"),
+        (lambda c: count_params(c) - c.n_layers * (C(c) ** 2 + C(c)),
+         "four projections per block"),
         (lambda c: float(count_params(c)), "should return an int"),
     ]
     for wrong, hint in mistakes:
@@ -146,6 +148,10 @@ def test_flops_per_token(capsys):
          "only one of the two attention products"),
         (lambda c, T: flops_per_token(c, T) + 4 * c.n_layers * T * c.d_model * (T - 1),
          "per token it is"),
+        (lambda c, T: flops_per_token(c, T) - 2 * c.n_layers * c.d_model**2,
+         "output projection"),
+        (lambda c, T: flops_per_token(type(c).gpt2(**{**c.to_dict(), "d_ff": None}), T),
+         "config.ffn_dim"),
     ]
     for wrong, hint in mistakes:
         with pytest.raises(AssertionError, match=hint):

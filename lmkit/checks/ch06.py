@@ -230,6 +230,9 @@ def check_count_params(fn) -> None:
                                    "each with 2 × d_model numbers"),
             (-4 * L * C, "the two LayerNorms of each block are missing (2 × d_model each)"),
             (-per_block, "one block is missing: count all n_layers blocks"),
+            (-L * (C * C + C), "attention has four projections per block, q, k, v and the "
+                               "output projection o (GPT-2's attn.c_proj), each a d_model × "
+                               "d_model weight with a bias: 4 × d_model² + 4 × d_model"),
             (L * (2 * C + 1) * (4 * C - F) if F != 4 * C else None,
              "the feed-forward width is config.ffn_dim (d_ff), which here is not 4 × d_model"),
         ]
@@ -270,6 +273,12 @@ def check_flops_per_token(fn) -> None:
             (d == attn * (T - 1) and T > 1,
              "that attention term is for all T tokens together; per token it is "
              "4 × n_layers × T × d_model"),
+            (d == -2 * L * C * C, "the output projection (o_proj, d_model × d_model) of each "
+                                  "block is missing: attention has four matrices, q, k, v "
+                                  "and o"),
+            (d == 4 * L * C * (4 * C - c.ffn_dim) and c.ffn_dim != 4 * C,
+             "the feed-forward width is config.ffn_dim (d_ff), which here is not 4 × d_model: "
+             "up and down are d_model × d_ff each"),
             (d == -2 * V * C, "the LM head is missing: it multiplies each token's hidden state "
                               "by a d_model × vocab_size matrix (tied or not)"),
             (d == 2 * V * C, "the token embedding is a lookup, not a matrix product: it costs no "
