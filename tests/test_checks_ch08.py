@@ -155,6 +155,14 @@ def test_cached_attention_step(capsys):
     with pytest.raises(AssertionError, match="not divided by sqrt"):
         ch08.check_cached_attention_step(unscaled)
 
+    def appends_along_d(q, k_new, v_new, k_cache, v_cache):  # crashes on the empty cache
+        k_cache, v_cache = torch.cat([k_cache, k_new], -1), torch.cat([v_cache, v_new], -1)
+        return right_step(q, k_new, v_new, k_cache, v_cache)
+
+    with pytest.raises(AssertionError, match="raised RuntimeError(.|\n)*append along the time "
+                                             "dimension, dim=2"):
+        ch08.check_cached_attention_step(appends_along_d)
+
 
 # ----------------------------------------------------------------------------- 5 beam step
 
@@ -196,6 +204,13 @@ def test_beam_step(capsys):
 
     with pytest.raises(AssertionError, match="indices are mixed up"):
         ch08.check_beam_step(swapped)
+
+    def divides_by_k(beam_scores, logprobs, K):  # the flat index split with K, not V
+        scores, idx = torch.topk((beam_scores[:, None] + logprobs).flatten(), K)
+        return scores, idx // K, idx % K
+
+    with pytest.raises(AssertionError, match="divide by the vocabulary size, not by K"):
+        ch08.check_beam_step(divides_by_k)
 
     def forgot_old_score_in_output(beam_scores, logprobs, K):
         s, b, t = right_beam_step(beam_scores, logprobs, K)

@@ -164,8 +164,13 @@ def check_cached_attention_step(fn) -> None:
         for t in range(T):
             where = f"step {t} (B={B}, H={H}, D={D}, cache of {t} positions)"
             s = slice(t, t + 1)
-            res = call(fn, q[:, :, s], k[:, :, s], v[:, :, s], k_cache, v_cache,
-                       name="cached_attention_step")
+            try:
+                res = call(fn, q[:, :, s], k[:, :, s], v[:, :, s], k_cache, v_cache,
+                           name="cached_attention_step")
+            except AssertionError as e:  # a crash: say what the shapes are
+                fail(f"{e}\nAt {where}: q, k_new, v_new have shape {(B, H, 1, D)} and the "
+                     f"caches {(B, H, t, D)} (empty at step 0): append along the time "
+                     "dimension, dim=2 (or -2)")
             if not isinstance(res, tuple) or len(res) != 3:
                 fail("cached_attention_step should return a tuple (out, k_cache, v_cache)")
             out, k_cache, v_cache = res
@@ -246,7 +251,11 @@ def check_beam_step(fn) -> None:
             if pairs == raw:
                 fail(f"beam_step on {where}: you ranked candidates by the token's log-prob "
                      "alone; a candidate's score is its beam's score plus the token's log-prob")
-            if {(b, t) for _, b, t in got} == {(i % K, i // K) for i in idx.tolist()}:
+            if pairs == {(i // K, i % K) for i in idx.tolist()}:
+                fail(f"beam_step on {where}: the beam and token indices are wrong; the flat "
+                     f"(K * V) candidates are K rows of V = {V} tokens, so index i is beam "
+                     "i // V and token i % V (divide by the vocabulary size, not by K)")
+            if pairs == {(i % K, i // K) for i in idx.tolist()}:
                 fail(f"beam_step on {where}: the beam and token indices are mixed up: in the "
                      "flattened (K * V) candidates, index i is beam i // V, token i % V")
             fail(f"beam_step on {where}: expected (beam, token) pairs "
