@@ -44,6 +44,18 @@ def test_cross_entropy(capsys):
     with pytest.raises(AssertionError, match="one number"):
         ch07.check_cross_entropy(lambda lg, t: F.cross_entropy(lg, t, reduction="none"))
 
+    def column_indexing(logits, targets):  # [:, targets] takes an (N, N) block
+        return -torch.log_softmax(logits, -1)[:, targets].mean()
+
+    with pytest.raises(AssertionError, match=r"picks an \(N, N\) block"):
+        ch07.check_cross_entropy(column_indexing)
+
+    def wrong_dim(logits, targets):  # logsumexp over the rows instead of the vocabulary
+        return (torch.logsumexp(logits, dim=0) - logits[torch.arange(len(targets)), targets]).mean()
+
+    with pytest.raises(AssertionError, match="logsumexp over the rows"):
+        ch07.check_cross_entropy(wrong_dim)
+
 
 def test_make_batch(capsys):
     def good(ids, starts, T):
@@ -169,3 +181,14 @@ def test_train_step(capsys):
 
     with pytest.raises(AssertionError, match="did not change the weights"):
         ch07.check_train_step(step_before_backward)
+
+    def zero_grad_after_backward(model, optimizer, x, y, max_norm):
+        loss = lm_loss(model(x), y)
+        loss.backward()
+        optimizer.zero_grad()  # erases the gradients backward() just computed
+        torch.nn.utils.clip_grad_norm_(model.parameters(), max_norm)
+        optimizer.step()
+        return loss.item()
+
+    with pytest.raises(AssertionError, match="zero_grad between backward and step"):
+        ch07.check_train_step(zero_grad_after_backward)

@@ -56,6 +56,16 @@ def check_cross_entropy(fn) -> None:
                 torch.allclose(got, 1 - probs.mean(), atol=1e-4):
             fail(f"case '{name}': you averaged probabilities, not log-probabilities: "
                  "the loss is -log p(target)")
+        log_probs = torch.log_softmax(logits, -1)  # (N, V)
+        if N > 1 and torch.allclose(got, -log_probs[:, targets].mean(), atol=1e-4):
+            fail(f"case '{name}': log_probs[:, targets] picks an (N, N) block (every row at every "
+                 "target), not one entry per row; pick log_probs[torch.arange(N), targets]")
+        lse0 = torch.logsumexp(logits, dim=0)  # (V,): over the rows, the wrong dimension
+        picked = logits[torch.arange(N), targets]  # (N,)
+        if lse0.shape == picked.shape or N == 1:  # shapes the student's code could subtract
+            if torch.allclose(got, (lse0 - picked).mean(), atol=1e-4):
+                fail(f"case '{name}': you took logsumexp over the rows (dim=0); softmax runs over "
+                     "the vocabulary, the last dimension: logsumexp(logits, dim=-1)")
         wrong_target = F.cross_entropy(logits, logits.argmax(-1))
         if not torch.allclose(want, wrong_target) and torch.allclose(got, wrong_target,
                                                                      atol=1e-4):
@@ -235,8 +245,9 @@ def check_train_step(fn) -> None:
         if same:
             continue
         if k == 0 and all(torch.equal(a, b) for a, b in zip(got_states[0], before)):
-            fail("step 1 did not change the weights: call loss.backward() before "
-                 "optimizer.step(), which uses the gradients backward() computes")
+            fail("step 1 did not change the weights, so optimizer.step() found no gradients: "
+                 "call loss.backward() before optimizer.step(), and optimizer.zero_grad() before "
+                 "backward() (zero_grad between backward and step erases the gradients)")
         if all(torch.allclose(a, b, atol=1e-6) for a, b in zip(got_states[-1],
                                                                no_clip_states[k])):
             fail(f"step {k + 1}: the weights moved as if the gradients were never clipped: "
