@@ -1,5 +1,7 @@
 import os
 
+import pytest
+import torch
 from hypothesis import settings
 
 # Tests never touch the network: reference libraries run offline.
@@ -8,3 +10,12 @@ os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 
 settings.register_profile("lmkit", deadline=None, derandomize=True, print_blob=True)
 settings.load_profile("lmkit")
+
+
+@pytest.fixture
+def one_thread():
+    """Tiny models train fastest, and reproducibly, on one thread (2 shared cores in CI)."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)

@@ -4,18 +4,11 @@ import subprocess
 import sys
 
 import pytest
-import torch
 
 from lmkit.__main__ import main
 from lmkit.train import COURSE_MODEL
 
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture

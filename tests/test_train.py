@@ -11,14 +11,7 @@ from safetensors.torch import load_file, save_file
 from lmkit import train as T
 from lmkit.model import ModelConfig, TransformerLM
 
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Tiny models train fastest, and reproducibly, on one thread (2 shared cores in CI)."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def tiny_config(**kw):
