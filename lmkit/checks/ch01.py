@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import random
+from collections import Counter
 
 from ..tokenizer import BPETokenizer, get_stats, merge
 from .common import _short, call, fail, passed
@@ -39,13 +40,6 @@ def _pair_cases() -> list[list[int]]:
     return [[], [5], [1, 2, 3, 1, 2], [1, 1, 1], [7, 7, 7, 7], [rng.randrange(4) for _ in range(200)]]
 
 
-def _counts(pairs) -> dict:
-    out: dict = {}
-    for p in pairs:
-        out[p] = out.get(p, 0) + 1
-    return out
-
-
 def check_count_pairs(fn) -> None:
     """Exercise 2: fn(ids) -> {(a, b): count} over adjacent pairs."""
     cases = _pair_cases()
@@ -59,7 +53,7 @@ def check_count_pairs(fn) -> None:
             fail(f"keys must be tuples (a, b) so they can be dict keys; got {bad_keys[0]!r}")
         got = {k: v for k, v in got.items() if v}
         if got != want:
-            if got == _counts(zip(ids[::2], ids[1::2])):
+            if got == dict(Counter(zip(ids[::2], ids[1::2]))):
                 fail(f"count_pairs({_short(ids)}) paired the ids in disjoint steps of two "
                      "(ids[0:2], ids[2:4], ...); pairs overlap: every id pairs with the one "
                      "right after it, zip(ids, ids[1:])")

@@ -8,7 +8,7 @@ import torch
 import torch.nn.functional as F
 
 from ..embeddings import sinusoidal_encoding
-from .common import call, fail, passed
+from .common import call, close, fail, passed, shape_of
 
 __all__ = ["check_one_hot_embed", "check_sinusoidal", "check_add_positions",
            "check_position_similarity", "check_permutation_test"]
@@ -20,20 +20,12 @@ def _as_tensor(got, name: str) -> torch.Tensor:
     return got
 
 
-def _shape(t) -> tuple[int, ...]:
-    return tuple(t.shape)
-
-
 def _call(fn, *args, name: str, shown: str):
     """`call`, but a crash is reported with argument shapes rather than whole tensors."""
     try:
         return call(fn, *args, name=name)
     except AssertionError as e:
         raise AssertionError(f"{shown} raised {str(e).split(' raised ', 1)[-1]}") from e.__cause__
-
-
-def _close(got: torch.Tensor, want: torch.Tensor, atol: float = 1e-5) -> bool:
-    return _shape(got) == _shape(want) and torch.allclose(got.double(), want.double(), atol=atol)
 
 
 # ----------------------------------------------------------------------------- exercise 1
@@ -54,7 +46,7 @@ def check_one_hot_embed(fn) -> None:
     cases = _one_hot_cases()
     for ids, W in cases:
         V, C = W.shape
-        shown = f"one_hot_embed(ids of shape {_shape(ids)}, W of shape {(V, C)})"
+        shown = f"one_hot_embed(ids of shape {shape_of(ids)}, W of shape {(V, C)})"
         try:
             got = _call(fn, ids.clone(), W.clone(), name="one_hot_embed", shown=shown)
         except AssertionError as e:
@@ -68,12 +60,12 @@ def check_one_hot_embed(fn) -> None:
             raise
         got = _as_tensor(got, "one_hot_embed")
         want = W[ids]  # (..., C)
-        if _shape(got) != _shape(want):
-            if _shape(got) == (*ids.shape, V):
-                fail(f"{shown} returned shape {_shape(got)}, the shape of the one-hot itself: "
+        if shape_of(got) != shape_of(want):
+            if shape_of(got) == (*ids.shape, V):
+                fail(f"{shown} returned shape {shape_of(got)}, the shape of the one-hot itself: "
                      "multiply it by W to get one C-dimensional row per id")
-            fail(f"{shown} should have shape {_shape(want)} (the shape of ids, plus C), "
-                 f"got {_shape(got)}")
+            fail(f"{shown} should have shape {shape_of(want)} (the shape of ids, plus C), "
+                 f"got {shape_of(got)}")
         if not torch.allclose(got.double(), want.double(), atol=1e-6):
             flat_got, flat_ids = got.reshape(-1, C), ids.reshape(-1)
             k = next(k for k in range(len(flat_ids))
@@ -134,23 +126,23 @@ def check_sinusoidal(fn) -> None:
     for T, C in _SINUSOIDAL_CASES:
         got = _as_tensor(call(fn, T, C, name="sinusoidal"), "sinusoidal")
         want = sinusoidal_encoding(T, C)
-        if _shape(got) != (T, C):
+        if shape_of(got) != (T, C):
             hint = ""
-            if _shape(got) == (C, T) and T != C:
+            if shape_of(got) == (C, T) and T != C:
                 hint = ": rows are positions and columns are dimensions, you returned the transpose"
-            elif _shape(got) == (T, C // 2):
+            elif shape_of(got) == (T, C // 2):
                 hint = ": each frequency gives two columns, one sin and one cos"
-            elif _shape(got) == (T, C // 2, 2):
+            elif shape_of(got) == (T, C // 2, 2):
                 hint = (": each (sin, cos) pair sits in a last dimension of size 2; reshape to "
                         "(T, d_model), which puts sin in the even and cos in the odd columns")
-            fail(f"sinusoidal({T}, {C}) should have shape ({T}, {C}), got {_shape(got)}{hint}")
+            fail(f"sinusoidal({T}, {C}) should have shape ({T}, {C}), got {shape_of(got)}{hint}")
         if not torch.is_floating_point(got):
             fail(f"sinusoidal({T}, {C}) returned dtype {got.dtype}: build the table from float "
                  "positions, e.g. torch.arange(T, dtype=torch.float32)")
-        if _close(got, want, atol=1e-4):
+        if close(got, want, atol=1e-4):
             continue
         for wrong, hint in _sinusoidal_mistakes(T, C):
-            if _close(got, wrong, atol=1e-2):
+            if close(got, wrong, atol=1e-2):
                 fail(f"sinusoidal({T}, {C}) is not the expected table: {hint}")
         r, c = divmod(int((got.double() - want.double()).abs().argmax()), C)
         fail(f"sinusoidal({T}, {C})[{r}, {c}] should be {want[r, c].item():.4f}, got "
@@ -178,7 +170,7 @@ def check_add_positions(fn) -> None:
     cases = _position_cases()
     for ids, tok_table, pos_table in cases:
         (B, T), (L, C) = ids.shape, pos_table.shape
-        shown = f"add_positions(ids {(B, T)}, tok_table {_shape(tok_table)}, pos_table {(L, C)})"
+        shown = f"add_positions(ids {(B, T)}, tok_table {shape_of(tok_table)}, pos_table {(L, C)})"
         try:
             got = _call(fn, ids.clone(), tok_table.clone(), pos_table.clone(), name="add_positions",
                         shown=shown)
@@ -194,24 +186,24 @@ def check_add_positions(fn) -> None:
         got = _as_tensor(got, "add_positions")
         tok = tok_table[ids]  # (B, T, C)
         want = tok + pos_table[:T]  # (B, T, C) + (T, C)
-        if _shape(got) != (B, T, C):
-            fail(f"{shown} should have shape (B, T, C) = {(B, T, C)}, got {_shape(got)}: one "
+        if shape_of(got) != (B, T, C):
+            fail(f"{shown} should have shape (B, T, C) = {(B, T, C)}, got {shape_of(got)}: one "
                  "vector per token of every sequence")
-        if _close(got, want):
+        if close(got, want):
             continue
-        if _close(got, tok):
+        if close(got, tok):
             fail(f"{shown} returned the token vectors alone: add the position vectors "
                  "pos_table[:T]")
-        if int(ids.max()) < L and _close(got, tok + pos_table[ids]):
+        if int(ids.max()) < L and close(got, tok + pos_table[ids]):
             fail(f"{shown}: you indexed the position table with the token ids; it is indexed "
                  "by position, 0, 1, ..., T-1 (torch.arange(T)), whatever the tokens are")
-        if T < L and _close(got, tok + pos_table[1 : T + 1]):
+        if T < L and close(got, tok + pos_table[1 : T + 1]):
             fail(f"{shown}: positions start at 0, so the first token gets pos_table[0]")
         fail(f"{shown} should be tok_table[ids] + pos_table[:T]; your values differ at "
              f"batch row {int((got - want).abs().amax(dim=(1, 2)).argmax())}")
     ids, tok_table, pos_table = cases[0]
     long_ids = torch.zeros(2, pos_table.shape[0] + 4, dtype=torch.long)
-    shown = f"add_positions(ids {_shape(long_ids)}, ..., pos_table {_shape(pos_table)})"
+    shown = f"add_positions(ids {shape_of(long_ids)}, ..., pos_table {shape_of(pos_table)})"
     try:
         fn(long_ids, tok_table, pos_table)
     except ValueError:
@@ -253,18 +245,18 @@ def check_position_similarity(fn) -> None:
             raise
         got = _as_tensor(got, "position_similarity")
         want = F.cosine_similarity(pe[:, None, :], pe[None, :, :], dim=-1)  # (T, T)
-        if _shape(got) != (T, T):
+        if shape_of(got) != (T, T):
             hint = ""
-            if _shape(got) == (C, C):
+            if shape_of(got) == (C, C):
                 hint = ": you compared the columns; compare positions, i.e. rows (pe @ pe.T)"
-            fail(f"{shown} should have shape (T, T) = {(T, T)}, got {_shape(got)}{hint}")
-        if _close(got, want):
+            fail(f"{shown} should have shape (T, T) = {(T, T)}, got {shape_of(got)}{hint}")
+        if close(got, want):
             continue
-        if _close(got, pe @ pe.T):
+        if close(got, pe @ pe.T):
             fail(f"{shown} returned plain dot products: divide by the lengths of both vectors, "
                  "(a . b) / (|a| |b|), so that every position has similarity 1 with itself")
         by_col = F.normalize(pe, dim=0)
-        if _close(got, by_col @ by_col.T):
+        if close(got, by_col @ by_col.T):
             fail(f"{shown}: you normalised the columns (dim=0); normalise each position's "
                  "vector, i.e. each row (dim=-1)")
         diag = got.diagonal()
@@ -320,7 +312,7 @@ def check_permutation_test(fn) -> None:
     for name, layer, equivariant, why in layers:
         torch.manual_seed(0)  # the student's torch.randperm draws the same permutations each run
         got = _call(fn, layer, x.clone(), name="is_permutation_equivariant",
-                    shown=f"is_permutation_equivariant({name}, x of shape {_shape(x)})")
+                    shown=f"is_permutation_equivariant({name}, x of shape {shape_of(x)})")
         if isinstance(got, torch.Tensor) and got.numel() == 1 and got.dtype == torch.bool:
             got = bool(got)
         if not isinstance(got, bool):

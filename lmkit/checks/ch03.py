@@ -7,7 +7,7 @@ import math
 import torch
 
 from ..attention import MultiHeadAttention, causal_mask, scaled_dot_product_attention
-from .common import call, fail, passed
+from .common import call, close, fail, passed, shape_of
 
 __all__ = ["check_masked_softmax", "check_causal_mask", "check_attention", "check_split_merge",
            "check_multi_head_attention"]
@@ -15,10 +15,6 @@ __all__ = ["check_masked_softmax", "check_causal_mask", "check_attention", "chec
 
 def _gen(seed: int) -> torch.Generator:
     return torch.Generator().manual_seed(seed)
-
-
-def _shape(x) -> tuple[int, ...]:
-    return tuple(x.shape)
 
 
 def _call(fn, *args, name: str, case: str, note: str = ""):
@@ -42,12 +38,8 @@ def _tensor(got, name: str) -> torch.Tensor:
 
 
 def _same_shape(got: torch.Tensor, want: torch.Tensor, name: str, case: str, expected: str) -> None:
-    if _shape(got) != _shape(want):
-        fail(f"{name}({case}) returned shape {_shape(got)}, expected {expected} = {_shape(want)}")
-
-
-def _close(a: torch.Tensor, b: torch.Tensor) -> bool:
-    return a.shape == b.shape and torch.allclose(a, b, atol=1e-5, rtol=1e-4)
+    if shape_of(got) != shape_of(want):
+        fail(f"{name}({case}) returned shape {shape_of(got)}, expected {expected} = {shape_of(want)}")
 
 
 def _first_leak(outputs, T: int, C: int = 8) -> tuple[int, int] | None:
@@ -126,7 +118,7 @@ def check_masked_softmax(fn) -> None:
             fail(f"masked_softmax({case}): a row sums to {rows[bad][0]:.4f} instead of 1. "
                  "Mask the scores before the softmax; zeroing weights after the softmax leaves "
                  "rows that no longer add up to 1")
-        if not _close(got, want):
+        if not close(got, want):
             fail(f"masked_softmax({case}) should give {want.flatten()[:4].tolist()} ... "
                  f"got {got.flatten()[:4].tolist()} ...: exp(score) / sum of exp over the "
                  "allowed keys of the row")
@@ -216,30 +208,30 @@ def check_attention(fn) -> None:
         got = _tensor(_call(fn, *args, name="attention", case=case, note=note), "attention")
         want = scaled_dot_product_attention(q, k, v, mask)
         _same_shape(got, want, "attention", case, "(..., Tq, Dv)")
-        if _close(got, want):
+        if close(got, want):
             continue
         if torch.isnan(got).any():
             fail(f"attention({case}) contains NaN: some row has no allowed key. True in the mask "
                  "means 'may attend', so fill the scores where the mask is False "
                  "(scores.masked_fill(~mask, float('-inf')))")
-        if _close(got, _attention_variant(q, k, v, mask, scale="none")):
+        if close(got, _attention_variant(q, k, v, mask, scale="none")):
             fail(f"attention({case}) equals attention WITHOUT the scaling: divide the scores "
                  "q @ kᵀ by sqrt(D), with D = q.shape[-1], before the softmax")
-        if _close(got, _attention_variant(q, k, v, mask, scale="D")):
+        if close(got, _attention_variant(q, k, v, mask, scale="D")):
             fail(f"attention({case}): you divided the scores by D = {q.shape[-1]}; divide by "
                  f"sqrt(D) = {math.sqrt(q.shape[-1]):.3f}")
-        if k.shape[-2] != q.shape[-1] and _close(got, _attention_variant(q, k, v, mask,
+        if k.shape[-2] != q.shape[-1] and close(got, _attention_variant(q, k, v, mask,
                                                                          scale="Tk")):
             fail(f"attention({case}): you divided the scores by the square root of the number "
                  f"of keys, {k.shape[-2]}; D is the size of each query and key vector, "
                  f"q.shape[-1] = {q.shape[-1]}")
-        if mask is not None and _close(got, _attention_variant(q, k, v, mask, mask_after=True)):
+        if mask is not None and close(got, _attention_variant(q, k, v, mask, mask_after=True)):
             fail(f"attention({case}): you zeroed the weights after the softmax, so the rows no "
                  "longer sum to 1: mask the scores with -inf before the softmax (exercise 1)")
-        if mask is not None and _close(got, _attention_variant(q, k, v, None)):
+        if mask is not None and close(got, _attention_variant(q, k, v, None)):
             fail(f"attention({case}) equals attention without the mask: set the scores where "
                  "the mask is False to -inf before the softmax")
-        if q.shape[-2] == k.shape[-2] and _close(got, _attention_variant(q, k, v, mask, dim=-2)):
+        if q.shape[-2] == k.shape[-2] and close(got, _attention_variant(q, k, v, mask, dim=-2)):
             fail(f"attention({case}): your softmax runs over the queries; take it over the "
                  "keys, the last dimension of the scores (dim=-1)")
         err = (got - want).abs().max().item()
@@ -360,10 +352,10 @@ def check_multi_head_attention(fn) -> None:
         with torch.no_grad():
             want = _lmkit_mha(*Ws, H)(x)
         _same_shape(got, want, "multi_head_attention", case, "(B, T, C)")
-        if _close(got, want):
+        if close(got, want):
             continue
         for flags, hint in _MHA_HINTS:
-            if _close(got, _mha_variant(x, *Ws, H, **flags)):
+            if close(got, _mha_variant(x, *Ws, H, **flags)):
                 fail(f"multi_head_attention({case}): {hint}")
         if T > 1:
             leak = _first_leak(lambda x_: student(x_)[0], T, C)

@@ -16,75 +16,15 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from ..ffn import FeedForward
-from .common import call, fail, passed
+from .common import call, call_tensors, compare, fail, passed, shape_of, unchanged
 
 __all__ = ["check_gelu_tanh", "check_ffn_param_count", "check_ffn_forward", "check_swiglu",
            "check_swiglu_hidden_size", "check_ffn_backward"]
 
-_ATOL, _RTOL = 1e-5, 1e-4
-
-
-def _close(a: Tensor, b: Tensor) -> bool:
-    return a.shape == b.shape and torch.allclose(a, b, atol=_ATOL, rtol=_RTOL)
-
-
-def _shape(t: Tensor) -> tuple[int, ...]:
-    return tuple(t.shape)
-
-
-def _compare(name: str, case: str, got, want: Tensor, mistakes: list[tuple[Tensor, str]],
-             shape_hint: str = "", x: Tensor | None = None) -> None:
-    """Fail with the most useful hint unless `got` is a tensor allclose to `want`.
-
-    `x`, for an elementwise function, lets the hint name the input where the error is largest.
-    """
-    if not isinstance(got, Tensor):
-        fail(f"{name} on {case} should return a torch.Tensor, got {type(got).__name__}"
-             + (" (did you forget `return`?)" if got is None else ""))
-    if got.shape != want.shape:
-        fail(f"{name} on {case}: expected shape {_shape(want)}, got {_shape(got)}. {shape_hint}")
-    if got.dtype != want.dtype:
-        fail(f"{name} on {case}: expected dtype {want.dtype}, got {got.dtype}")
-    if torch.allclose(got, want, atol=_ATOL, rtol=_RTOL):
-        return
-    for wrong, hint in mistakes:
-        if _close(got, wrong):
-            fail(f"{name} on {case}: {hint}")
-    err = (got - want).abs()
-    i = int(err.argmax())
-    if x is not None:  # elementwise: say at which input
-        where = f"x = {x.flatten()[i]:.4f}"
-    else:
-        where = "index " + str(tuple(int(j) for j in torch.unravel_index(torch.tensor(i),
-                                                                          want.shape)))
-    fail(f"{name} on {case}: wrong values, largest error {err.max():.3g} at {where} "
-         f"(expected {want.flatten()[i]:.6f}, got {got.flatten()[i]:.6f})")
-
-
-def _unchanged(name: str, before: list[Tensor], after: list[Tensor]) -> None:
-    if any(not torch.equal(a, b) for a, b in zip(before, after)):
-        fail(f"{name} changed one of its input tensors in place (e.g. `x += ...` or `relu_()`); "
-             "compute new tensors instead")
 
 
 _LINEAR_HINT = ("Weights use nn.Linear's layout (out_features, in_features), so a layer "
                 "computes x @ W.T, not x @ W")
-
-
-def _call_tensors(fn, *args, name: str, shape_hint: str = _LINEAR_HINT):
-    """`call` for tensor arguments: a crash is reported with the shapes of the inputs (not their
-    values), plus a transpose hint when a matrix product fails on shapes."""
-    try:
-        return call(fn, *args, name=name)
-    except AssertionError as e:
-        err = e.__cause__
-        if err is None:
-            raise
-        shapes = ", ".join(str(_shape(a)) for a in args)
-        msg = f"{name} raised {type(err).__name__}: {err}\nThe inputs had shapes {shapes}."
-        if any(s in str(err) for s in ("cannot be multiplied", "size of tensor", "mismatch")):
-            msg += " " + shape_hint
-        raise AssertionError(msg) from err
 
 
 # ----------------------------------------------------------------------------- exercise 1
@@ -107,8 +47,8 @@ def check_gelu_tanh(fn) -> None:
     ]
     for case, x in cases:
         arg = x.clone()
-        got = _call_tensors(fn, arg, name="gelu_tanh")
-        _unchanged("gelu_tanh", [x], [arg])
+        got = call_tensors(fn, arg, name="gelu_tanh", shape_hint=_LINEAR_HINT)
+        unchanged("gelu_tanh", [x], [arg], "`x += ...` or `relu_()`")
         mistakes = [
             (F.gelu(x), "this is the exact GELU, x * Phi(x) with erf; the exercise asks for "
                         "the tanh approximation 0.5 * x * (1 + tanh(sqrt(2/pi) * (x + 0.044715 "
@@ -128,7 +68,7 @@ def check_gelu_tanh(fn) -> None:
             (0.5 * x * (1 + torch.tanh(math.sqrt(2 / math.pi) * (x + 0.044715 * x**2))),
              "the cubic term is 0.044715 * x**3 (x cubed), not x**2"),
         ]
-        _compare("gelu_tanh", case, got, F.gelu(x, approximate="tanh"), mistakes,
+        compare("gelu_tanh", case, got, F.gelu(x, approximate="tanh"), mistakes,
                  "An activation works number by number: the output has the input's shape.", x=x)
     passed("gelu_tanh", len(cases))
 
@@ -201,8 +141,8 @@ def check_ffn_forward(fn) -> None:
     for seed, (shape, d_ff) in enumerate(_FFN_CASES):
         x, W_up, b_up, W_down, b_down = args = _ffn_case(shape, d_ff, seed)
         copies = [t.clone() for t in args]
-        got = _call_tensors(fn, *copies, name="ffn_forward")
-        _unchanged("ffn_forward", list(args), copies)
+        got = call_tensors(fn, *copies, name="ffn_forward", shape_hint=_LINEAR_HINT)
+        unchanged("ffn_forward", list(args), copies, "`x += ...` or `relu_()`")
         ffn = FeedForward(shape[-1], d_ff, activation="gelu")
         with torch.no_grad():
             for layer, W, b in [(ffn.up_proj, W_up, b_up), (ffn.down_proj, W_down, b_down)]:
@@ -235,7 +175,7 @@ def check_ffn_forward(fn) -> None:
             mistakes.append((F.gelu(x @ W_up + b_up) @ W_down.T + b_down,
                              "the up-projection needs the transpose: x @ W_up.T"))
         case = f"x of shape {shape}, d_ff = {d_ff}"
-        _compare("ffn_forward", case, got, want, mistakes,
+        compare("ffn_forward", case, got, want, mistakes,
                  "The output must have x's shape (..., d_model): up to d_ff, then back down.")
     passed("ffn_forward", len(_FFN_CASES))
 
@@ -256,8 +196,8 @@ def check_swiglu(fn) -> None:
         W_down = torch.randn(d, d_ff, generator=g) / math.sqrt(d_ff)
         args = (x, W_gate, W_up, W_down)
         copies = [t.clone() for t in args]
-        got = _call_tensors(fn, *copies, name="swiglu")
-        _unchanged("swiglu", list(args), copies)
+        got = call_tensors(fn, *copies, name="swiglu", shape_hint=_LINEAR_HINT)
+        unchanged("swiglu", list(args), copies, "`x += ...` or `relu_()`")
         ffn = FeedForward(d, d_ff, activation="swiglu", bias=False)
         with torch.no_grad():
             ffn.gate_proj.weight.copy_(W_gate)
@@ -295,7 +235,7 @@ def check_swiglu(fn) -> None:
                                  " every product needs the transpose; you are missing it in "
                                  + " and ".join(missing)))
         case = f"x of shape {shape}, d_ff = {d_ff}"
-        _compare("swiglu", case, got, want, mistakes,
+        compare("swiglu", case, got, want, mistakes,
                  "The output must have x's shape (..., d_model).")
     passed("swiglu", len(_SWIGLU_CASES))
 
@@ -377,11 +317,11 @@ def check_ffn_backward(fn) -> None:
         args = _backward_case(N, C, d_ff, seed, dead)
         x, W_up, W_down, grad_out = args
         copies = [t.clone() for t in args]
-        got = _call_tensors(fn, *copies, name="ffn_backward", shape_hint=(
+        got = call_tensors(fn, *copies, name="ffn_backward", shape_hint=(
             "Write each tensor's shape next to its line: x (N, C), W_up (d_ff, C), W_down "
             "(C, d_ff), grad_out (N, C); (a, b) @ (b, c) needs the inner sizes to match, and "
             "every gradient has the shape of its tensor"))
-        _unchanged("ffn_backward", list(args), copies)
+        unchanged("ffn_backward", list(args), copies, "`x += ...` or `relu_()`")
         case = f"x of shape ({N}, {C}), d_ff = {d_ff}" + (" with a dead hidden unit" if dead
                                                           else "")
         if not isinstance(got, (tuple, list)) or len(got) != 3:
@@ -394,7 +334,7 @@ def check_ffn_backward(fn) -> None:
         for name, gt, wt, of in shapes_in_backward_order:
             if isinstance(gt, Tensor) and gt.shape != wt.shape:
                 fail(f"ffn_backward on {case}: {name} should have the shape of {of}, "
-                     f"{_shape(wt)}, got {_shape(gt)}. A gradient always has the shape of what "
+                     f"{shape_of(wt)}, got {shape_of(gt)}. A gradient always has the shape of what "
                      "it is the gradient of; check the order (and transposes) of your product")
         h = x @ W_up.T  # (N, d_ff) pre-activation
         a = F.relu(h)
@@ -424,5 +364,5 @@ def check_ffn_backward(fn) -> None:
         # check from the output backwards, the order backpropagation computes them
         for i in (2, 1, 0):
             mistakes = [(w, hint) for w, hint in hints[names[i]] if w is not None]
-            _compare(f"ffn_backward's {names[i]}", case, got[i], want[i], mistakes)
+            compare(f"ffn_backward's {names[i]}", case, got[i], want[i], mistakes)
     passed("ffn_backward", len(cases))

@@ -17,67 +17,13 @@ from torch import Tensor
 
 from ..model import Block, ModelConfig, TransformerLM
 from ..norm import LayerNorm, RMSNorm
-from .common import call, fail, passed
+from .common import call, call_tensors, compare, fail, passed, unchanged
 
 __all__ = ["check_layer_norm", "check_rms_norm", "check_pre_norm_block", "check_post_norm_block",
            "check_count_norm_params", "check_layer_norm_backward"]
 
-_ATOL, _RTOL = 1e-5, 1e-4
-
-
-def _shape(t: Tensor) -> tuple[int, ...]:
-    return tuple(t.shape)
-
-
-def _close(a: Tensor, b: Tensor) -> bool:
-    return a.shape == b.shape and torch.allclose(a, b, atol=_ATOL, rtol=_RTOL, equal_nan=True)
-
-
-def _compare(name: str, case: str, got, want: Tensor, mistakes: list[tuple[Tensor, str]],
-             shape_hint: str) -> None:
-    """Fail with the most useful hint unless `got` is a tensor allclose to `want`."""
-    if not isinstance(got, Tensor):
-        fail(f"{name} on {case} should return a torch.Tensor, got {type(got).__name__}"
-             + (" (did you forget `return`?)" if got is None else ""))
-    if got.shape != want.shape:
-        fail(f"{name} on {case}: expected shape {_shape(want)}, got {_shape(got)}. {shape_hint}")
-    if torch.allclose(got, want, atol=_ATOL, rtol=_RTOL):
-        return
-    if got.isnan().any():
-        fail(f"{name} on {case}: your output contains NaN. A division by zero? Keep eps inside "
-             "the square root, sqrt(... + eps), so a constant vector gives 0, not 0 / 0")
-    for wrong, hint in mistakes:
-        if _close(got, wrong):
-            fail(f"{name} on {case}: {hint}")
-    err = (got - want).abs()
-    i = int(err.argmax())
-    where = tuple(int(j) for j in torch.unravel_index(torch.tensor(i), want.shape))
-    fail(f"{name} on {case}: wrong values, largest error {err.max():.3g} at index {where} "
-         f"(expected {want.flatten()[i]:.6f}, got {got.flatten()[i]:.6f})")
-
-
-def _unchanged(name: str, before: list[Tensor], after: list[Tensor]) -> None:
-    if any(not torch.equal(a, b) for a, b in zip(before, after)):
-        fail(f"{name} changed one of its input tensors in place (e.g. `x += ...` or "
-             "`x -= mean`); compute new tensors instead (`x = x + ...`)")
-
-
-def _call_tensors(fn, *args, name: str, shape_hint: str = ""):
-    """`call`, reporting a crash with the shapes of the tensor inputs rather than their values,
-    plus `shape_hint` when the crash is a shape mismatch."""
-    try:
-        return call(fn, *args, name=name)
-    except AssertionError as e:
-        err = e.__cause__
-        if err is None:
-            raise
-        shapes = ", ".join(str(_shape(a)) if isinstance(a, Tensor) else type(a).__name__
-                           for a in args)
-        msg = f"{name} raised {type(err).__name__}: {err}\nThe inputs were {shapes}."
-        if shape_hint and any(s in str(err) for s in ("must match the size", "mismatch",
-                                                       "cannot be multiplied")):
-            msg += " " + shape_hint
-        raise AssertionError(msg) from err
+_NAN_HINT = ("A division by zero? Keep eps inside the square root, sqrt(... + eps), so a "
+             "constant vector gives 0, not 0 / 0")
 
 
 def _ln_variant(x: Tensor, w: Tensor | None, b: Tensor | None, eps: float, *,
@@ -134,8 +80,8 @@ def check_layer_norm(fn) -> None:
             w, b = 1 + 0.5 * torch.randn(C, generator=g), 0.5 * torch.randn(C, generator=g)
         args = (x, w, b)
         copies = [t.clone() for t in args]
-        got = _call_tensors(fn, *copies, eps, name="layer_norm", shape_hint=_NORM_SHAPE_HINT)
-        _unchanged("layer_norm", list(args), copies)
+        got = call_tensors(fn, *copies, eps, name="layer_norm", shape_hint=_NORM_SHAPE_HINT)
+        unchanged("layer_norm", list(args), copies, "`x += ...` or `x -= mean`")
         want = F.layer_norm(x, (C,), w, b, eps)
         mistakes = [
             (_ln_variant(x, w, b, eps, unbiased=True),
@@ -167,7 +113,7 @@ def check_layer_norm(fn) -> None:
                                  "you normalized across the vectors (over the batch, like "
                                  "BatchNorm); LayerNorm normalizes each vector over its own C "
                                  "numbers: use dim=-1"))
-        _compare("layer_norm", case, got, want, mistakes, _NORM_SHAPE_HINT)
+        compare("layer_norm", case, got, want, mistakes, _NORM_SHAPE_HINT, nan_hint=_NAN_HINT)
     passed("layer_norm", len(cases))
 
 
@@ -216,8 +162,8 @@ def check_rms_norm(fn) -> None:
         w = torch.ones(C) if k == 0 else 1 + 0.5 * torch.randn(C, generator=g)
         args = (x, w)
         copies = [t.clone() for t in args]
-        got = _call_tensors(fn, *copies, eps, name="rms_norm", shape_hint=_NORM_SHAPE_HINT)
-        _unchanged("rms_norm", list(args), copies)
+        got = call_tensors(fn, *copies, eps, name="rms_norm", shape_hint=_NORM_SHAPE_HINT)
+        unchanged("rms_norm", list(args), copies, "`x += ...` or `x -= mean`")
         want = F.rms_norm(x, (C,), w, eps)
         mistakes = [
             (_rms_variant(x, w, eps, centre=True),
@@ -241,7 +187,7 @@ def check_rms_norm(fn) -> None:
              "you took the mean square over the whole tensor; RMSNorm normalizes each vector "
              "on its own: x.pow(2).mean(dim=-1, keepdim=True)"),
         ]
-        _compare("rms_norm", case, got, want, mistakes, _NORM_SHAPE_HINT)
+        compare("rms_norm", case, got, want, mistakes, _NORM_SHAPE_HINT, nan_hint=_NAN_HINT)
     passed("rms_norm", len(cases))
 
 
@@ -293,11 +239,11 @@ def _check_block(fn, name: str, position: str, mistakes_for) -> None:
     for case, block, x in cases:
         arg = x.clone()
         with torch.no_grad():
-            got = _call_tensors(fn, arg, *_sub(block), name=name, shape_hint=_BLOCK_SHAPE_HINT)
-            _unchanged(name, [x], [arg])
+            got = call_tensors(fn, arg, *_sub(block), name=name, shape_hint=_BLOCK_SHAPE_HINT)
+            unchanged(name, [x], [arg], "`x += ...` or `x -= mean`")
             want = block(x)
             mistakes = mistakes_for(x, *_sub(block))
-        _compare(name, case, got, want, mistakes, _BLOCK_SHAPE_HINT)
+        compare(name, case, got, want, mistakes, _BLOCK_SHAPE_HINT, nan_hint=_NAN_HINT)
     passed(name, len(cases))
 
 
@@ -468,9 +414,9 @@ def check_layer_norm_backward(fn) -> None:
         go = torch.randn(x.shape, generator=g)
         args = (x, w, go)
         copies = [t.clone() for t in args]
-        got = _call_tensors(fn, *copies, eps, name="layer_norm_backward",
+        got = call_tensors(fn, *copies, eps, name="layer_norm_backward",
                            shape_hint=_NORM_SHAPE_HINT)
-        _unchanged("layer_norm_backward", list(args), copies)
+        unchanged("layer_norm_backward", list(args), copies, "`x += ...` or `x -= mean`")
         xr = x.clone().requires_grad_()
         F.layer_norm(xr, (C,), w, None, eps).backward(go)
         want = xr.grad
@@ -490,6 +436,6 @@ def check_layer_norm_backward(fn) -> None:
             (_lnb_variant(x, w, go, eps, unbiased=True),
              "sigma must use the biased variance (divide by C), as in the forward pass"),
         ]
-        _compare("layer_norm_backward", case, got, want, mistakes,
-                 "The gradient with respect to x has x's shape.")
+        compare("layer_norm_backward", case, got, want, mistakes,
+                "The gradient with respect to x has x's shape.", nan_hint=_NAN_HINT)
     passed("layer_norm_backward", len(cases))

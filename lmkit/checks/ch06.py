@@ -7,19 +7,10 @@ import operator
 import torch
 
 from ..model import Block, ModelConfig, TransformerLM
-from .common import call, fail, passed
+from .common import call, close, fail, passed, shape_of
 
 __all__ = ["check_lm_head_probs", "check_block_forward", "check_count_params",
            "check_flops_per_token", "check_gpt2_block_weights"]
-
-
-def _shape(t) -> str:
-    return str(tuple(t.shape)) if isinstance(t, torch.Tensor) else type(t).__name__
-
-
-def _close(a, b, atol: float = 1e-5) -> bool:
-    return isinstance(a, torch.Tensor) and a.shape == b.shape and torch.allclose(
-        a.float(), b.float(), atol=atol, rtol=1e-4)
 
 
 # ----------------------------------------------------------------------------- exercise 1
@@ -41,12 +32,12 @@ def check_lm_head_probs(fn) -> None:
             fail(f"lm_head_probs should return a tensor, got {type(got).__name__}")
         if got.shape != want.shape:
             fail(f"with {case} the probabilities should have shape (B, T, V) = {(B, T, V)}, got "
-                 f"{_shape(got)}: the logits are h @ W_E.T, (B, T, C) @ (C, V)")
+                 f"{shape_of(got)}: the logits are h @ W_E.T, (B, T, C) @ (C, V)")
         got = got.float()
-        if _close(got, logits):
+        if close(got, logits):
             fail(f"with {case} you returned the logits: turn them into probabilities with "
                  "torch.softmax(logits, dim=-1)")
-        if _close(got, torch.log_softmax(logits, dim=-1)):
+        if close(got, torch.log_softmax(logits, dim=-1)):
             fail(f"with {case} you returned log-probabilities (log_softmax); return softmax")
         sums = got.sum(dim=-1)  # (B, T)
         if not torch.allclose(sums, torch.ones_like(sums), atol=1e-4):
@@ -60,11 +51,11 @@ def check_lm_head_probs(fn) -> None:
             fail(f"with {case} the probabilities at batch {b}, position {t} sum to "
                  f"{sums[b, t]:.4f} over the vocabulary; they must sum to 1 "
                  "(softmax over dim=-1)")
-        if V == C and _close(got, torch.softmax(h @ W_E, dim=-1)):
+        if V == C and close(got, torch.softmax(h @ W_E, dim=-1)):
             fail(f"with {case} you computed h @ W_E: W_E has one row per token, shape (V, C), "
                  "so the logits are h @ W_E.T (this case has V == C, so the shape did not "
                  "warn you)")
-        if not _close(got, want):
+        if not close(got, want):
             fail(f"with {case} the probabilities differ from softmax(h @ W_E.T, dim=-1) by up "
                  f"to {(got - want).abs().max():.4f}")
     passed("lm_head_probs", len(shapes))
@@ -139,12 +130,12 @@ def check_block_forward(fn) -> None:
         if not isinstance(got, torch.Tensor):
             fail(f"block_forward should return a tensor, got {type(got).__name__}")
         if got.shape != want.shape:
-            fail(f"with {case} the block returned shape {_shape(got)}: a block maps (B, T, C) "
+            fail(f"with {case} the block returned shape {shape_of(got)}: a block maps (B, T, C) "
                  "to the same shape (B, T, C), so that blocks can be stacked")
-        if _close(got, want, atol=1e-5):
+        if close(got, want, atol=1e-5):
             continue
         for w, hint in wrong:
-            if _close(got, w, atol=1e-5):
+            if close(got, w, atol=1e-5):
                 fail(f"with {case}: {hint}")
         fail(f"with {case} the output differs from the pre-norm block's by up to "
              f"{(got - want).abs().max():.4f}: x = x + attn(norm1(x)), then "
@@ -340,20 +331,20 @@ def _block_hint(ours: str, got, want: torch.Tensor, hf: dict[str, torch.Tensor])
         return f"{ours} should be a tensor, got {type(got).__name__}"
     if got.shape != want.shape:
         if how in _QKV and got.numel() == 3 * want.numel():
-            return (f"{ours} has shape {_shape(got)} but lmkit's is {tuple(want.shape)}: "
+            return (f"{ours} has shape {shape_of(got)} but lmkit's is {tuple(want.shape)}: "
                     f"{theirs} holds q, k and v side by side ([q | k | v] along its last dim); "
                     "split it into three equal parts")
         if got.dim() == 2 and got.shape == want.shape[::-1]:
-            return (f"{ours} has shape {_shape(got)} but nn.Linear wants (out, in) = "
+            return (f"{ours} has shape {shape_of(got)} but nn.Linear wants (out, in) = "
                     f"{tuple(want.shape)}: GPT-2's Conv1D stores {src} as (in, out), so "
                     "transpose it (.T)")
         if how in _QKV and got.numel() == want.numel():
-            return (f"{ours} has shape {_shape(got)}, not {tuple(want.shape)}: split {src} "
+            return (f"{ours} has shape {shape_of(got)}, not {tuple(want.shape)}: split {src} "
                     "along its last dim (the output columns [q | k | v]), then transpose")
-        return f"{ours} should have shape {tuple(want.shape)}, got {_shape(got)} (from {src})"
-    if _close(got, want):
+        return f"{ours} should have shape {tuple(want.shape)}, got {shape_of(got)} (from {src})"
+    if close(got, want):
         return None
-    if want.dim() == 2 and _close(got, want.T):
+    if want.dim() == 2 and close(got, want.T):
         return (f"{ours} holds the right numbers but transposed (the matrix is square, so the "
                 f"shape did not tell): GPT-2's Conv1D stores {src} as (in, out), nn.Linear "
                 "wants (out, in); transpose it")
@@ -361,16 +352,16 @@ def _block_hint(ours: str, got, want: torch.Tensor, hf: dict[str, torch.Tensor])
         for other in _QKV:
             part = hf[theirs].chunk(3, dim=-1)[_QKV.index(other)]
             for cand in (part, part.T):
-                if other != how and _close(got, cand):
+                if other != how and close(got, cand):
                     return (f"{ours} holds the {other} part of {theirs}: its columns are "
                             f"[q | k | v] in that order, each d_model wide")
     if how == "copy" and theirs.startswith("ln"):
         for k in ("ln_1.weight", "ln_1.bias", "ln_2.weight", "ln_2.bias"):
-            if k != theirs and _close(got, hf[k]):
+            if k != theirs and close(got, hf[k]):
                 return f"{ours} holds {k}; it should hold {theirs} (norm1 is ln_1, norm2 is ln_2)"
     for k, t in hf.items():
         for cand in (t, t.T) if t.dim() == 2 else (t,):
-            if k != theirs and _close(got, cand):
+            if k != theirs and close(got, cand):
                 return (f"{ours} holds {k}; it should come from {theirs} (mlp.c_fc is up_proj, "
                         "mlp.c_proj is down_proj, attn.c_proj is o_proj)")
     return f"{ours} has the right shape but not the right values; it comes from {src}"
