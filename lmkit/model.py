@@ -3,6 +3,11 @@
 GPT-2 style and Llama style are the same classes with different `ModelConfig` settings
 (chapter 09); `causal=False` gives a bidirectional encoder (chapter 10).
 
+A model is a trunk (embeddings, blocks, final norm: ids (B, T) -> H (B, T, C), `trunk`) plus a
+head (chapter 10): `head="lm"` the LM head of chapter 06, `head="mlm"` BERT's masked-LM head
+(dense, activation, LayerNorm, then the same tied decoder with a bias), `head="none"` no head
+(the model returns H; `mean_pool` turns H into one vector per sequence).
+
 Weight names, and the Hugging Face names they load from (`lmkit.pretrained`):
 
     lmkit                         HF GPT-2 (`transformer.`)      HF Llama (`model.`)
@@ -17,6 +22,13 @@ Weight names, and the Hugging Face names they load from (`lmkit.pretrained`):
     blocks.{i}.mlp.down_proj      h.{i}.mlp.c_proj (.T)          layers.{i}.mlp.down_proj
     norm_f                        ln_f                           norm
     lm_head.weight                (tied to wte)                  lm_head.weight
+
+BERT (`bert.`, chapter 10): tok_emb, pos_emb, type_emb, emb_norm = embeddings.{word,position,
+token_type}_embeddings, embeddings.LayerNorm; blocks.{i}.attn.{q,k,v}_proj =
+encoder.layer.{i}.attention.self.{query,key,value}, o_proj and norm1 = attention.output.{dense,
+LayerNorm}, mlp.up_proj = intermediate.dense, mlp.down_proj and norm2 = output.{dense,LayerNorm};
+mlm_transform.{dense,norm} = cls.predictions.transform.{dense,LayerNorm}, lm_head.bias =
+cls.predictions.bias.
 """
 
 from __future__ import annotations
@@ -33,13 +45,14 @@ from lmkit.embeddings import (
     SinusoidalPositionalEncoding,
     TokenEmbedding,
 )
-from lmkit.ffn import ACTIVATIONS, FeedForward
+from lmkit.ffn import ACTIVATIONS, FeedForward, get_activation
 from lmkit.norm import NORMS, make_norm
 
-__all__ = ["ModelConfig", "Block", "TransformerLM"]
+__all__ = ["ModelConfig", "Block", "TransformerLM", "MaskedLMTransform", "mean_pool"]
 
 POSITIONALS = ("learned", "sinusoidal", "rope", "none")
 NORM_POSITIONS = ("pre", "post")
+HEADS = ("lm", "mlm", "none")
 
 
 @dataclass
@@ -70,6 +83,9 @@ class ModelConfig:
     window: int | None = None  # sliding-window attention span (chapter 09)
     use_sdpa: bool = True  # PyTorch's fused attention kernel; False: the explicit path
     fused_ops: bool = True  # PyTorch's kernels for norms and activations; False: written out
+    type_vocab_size: int = 0  # > 0: token-type (segment) embeddings, as BERT (chapter 10)
+    embed_norm: bool = False  # a norm right after the embeddings, as BERT (chapter 10)
+    head: str = "lm"  # "lm" (chapter 06) | "mlm" (BERT's masked-LM head) | "none" (returns H)
 
     def __post_init__(self):
         for name in ("vocab_size", "context_length", "d_model", "n_layers", "n_heads"):
@@ -81,6 +97,9 @@ class ModelConfig:
         _check_choice("norm_position", self.norm_position, NORM_POSITIONS)
         _check_choice("activation", self.activation, tuple(ACTIVATIONS))
         _check_choice("positional", self.positional, POSITIONALS)
+        _check_choice("head", self.head, HEADS)
+        if not isinstance(self.type_vocab_size, int) or self.type_vocab_size < 0:
+            raise ValueError(f"type_vocab_size must be an integer >= 0, got {self.type_vocab_size!r}")
         if self.d_model % self.n_heads != 0:
             raise ValueError(f"d_model={self.d_model} is not divisible by n_heads={self.n_heads}")
         if self.n_heads % self.num_kv_heads != 0:
@@ -136,6 +155,19 @@ class ModelConfig:
         )
         return cls(**{**base, **overrides})
 
+    @classmethod
+    def bert(cls, **overrides) -> ModelConfig:
+        """BERT-base (chapter 10): bidirectional, post-LayerNorm, LayerNorm after the embeddings,
+        token types, exact GELU, learned positions, biases, masked-LM head tied to the embeddings.
+        """
+        base = dict(
+            vocab_size=30522, context_length=512, d_model=768, n_layers=12, n_heads=12,
+            d_ff=3072, norm="layernorm", norm_position="post", norm_eps=1e-12, activation="gelu",
+            positional="learned", bias=True, tie_embeddings=True, causal=False,
+            type_vocab_size=2, embed_norm=True, head="mlm",
+        )
+        return cls(**{**base, **overrides})
+
     def to_dict(self) -> dict:
         return asdict(self)
 
@@ -145,6 +177,24 @@ class ModelConfig:
         if unknown:
             raise ValueError(f"unknown ModelConfig fields {unknown}")
         return cls(**d)
+
+
+def _token_types(ids: Tensor, token_type_ids: Tensor | None) -> Tensor:
+    if token_type_ids is None:
+        return torch.zeros_like(ids)  # (B, T): every token in segment 0
+    if token_type_ids.shape != ids.shape:
+        raise ValueError(f"token_type_ids has shape {tuple(token_type_ids.shape)} but ids have "
+                         f"{tuple(ids.shape)}")
+    return token_type_ids
+
+
+def _padding_mask(attention_mask: Tensor, B: int, Tk: int, mask: Tensor | None) -> Tensor:
+    """(B, Tk) of 1 (real) / 0 (padding) -> boolean (B, 1, 1, Tk): no query sees a padding key."""
+    if attention_mask.shape != (B, Tk):
+        raise ValueError(f"attention_mask must have shape (B, Tk) = {(B, Tk)} (one entry per "
+                         f"token, cached ones included), got {tuple(attention_mask.shape)}")
+    pad = attention_mask.bool()[:, None, None, :]  # (B, 1, 1, Tk)
+    return pad if mask is None else mask & pad
 
 
 def _check_positive(name: str, value: int) -> None:
@@ -192,11 +242,38 @@ class Block(nn.Module):
         return x
 
 
+class MaskedLMTransform(nn.Module):
+    """BERT's masked-LM head before the decoder: norm(act(dense(h))), (B, T, C) -> (B, T, C)."""
+
+    def __init__(self, config: ModelConfig):
+        super().__init__()
+        c = config
+        self.dense = nn.Linear(c.d_model, c.d_model, bias=c.bias)
+        self.act = get_activation(c.activation, c.fused_ops)
+        self.norm = make_norm(c.norm, c.d_model, c.norm_eps, bias=c.bias, fused=c.fused_ops)
+
+    def forward(self, h: Tensor) -> Tensor:
+        return self.norm(self.act(self.dense(h)))  # (B, T, C)
+
+
+def mean_pool(h: Tensor, attention_mask: Tensor | None = None) -> Tensor:
+    """The mean of H (B, T, C) over the real tokens (attention_mask (B, T) is 1 or True there,
+    0 at padding) -> (B, C): the pooling head of sentence encoders (chapter 10)."""
+    if attention_mask is None:
+        return h.mean(dim=1)  # (B, C)
+    if attention_mask.shape != h.shape[:2]:
+        raise ValueError(f"attention_mask of shape {tuple(attention_mask.shape)} does not match "
+                         f"H's (B, T) = {tuple(h.shape[:2])}")
+    m = attention_mask.to(h.dtype)[:, :, None]  # (B, T, 1)
+    return (h * m).sum(dim=1) / m.sum(dim=1).clamp(min=1e-9)  # (B, C)
+
+
 class TransformerLM(nn.Module):
     """Token ids (B, T) -> logits (B, T, V): embed, n_layers blocks, final norm, LM head (ch. 06).
 
     Post-norm blocks already end in a norm, so with norm_position="post" `norm_f` is an
-    Identity, as in the original Transformer and BERT.
+    Identity, as in the original Transformer and BERT. The trunk (everything before the
+    head) is `trunk`; `config.head` picks the head (chapter 10).
     """
 
     def __init__(self, config: ModelConfig):
@@ -209,15 +286,20 @@ class TransformerLM(nn.Module):
             self.pos_emb = SinusoidalPositionalEncoding(c.context_length, c.d_model)
         else:  # "rope" rotates q and k inside attention; "none" has no positions at all
             self.pos_emb = None
+        self.type_emb = nn.Embedding(c.type_vocab_size, c.d_model) if c.type_vocab_size else None
+        self.emb_norm = (make_norm(c.norm, c.d_model, c.norm_eps, bias=c.bias, fused=c.fused_ops)
+                         if c.embed_norm else None)
         self.drop = nn.Dropout(c.dropout)
         self.blocks = nn.ModuleList(Block(c) for _ in range(c.n_layers))
         if c.norm_position == "pre":
             self.norm_f = make_norm(c.norm, c.d_model, c.norm_eps, bias=c.bias, fused=c.fused_ops)
         else:
             self.norm_f = nn.Identity()
-        self.lm_head = nn.Linear(c.d_model, c.vocab_size, bias=False)
+        self.mlm_transform = MaskedLMTransform(c) if c.head == "mlm" else None
+        self.lm_head = (None if c.head == "none"
+                        else nn.Linear(c.d_model, c.vocab_size, bias=c.head == "mlm"))
         self.reset_parameters()
-        if c.tie_embeddings:
+        if c.tie_embeddings and self.lm_head is not None:
             self.lm_head.weight = self.tok_emb.weight  # one matrix, used twice
 
     def reset_parameters(self) -> None:
@@ -227,7 +309,7 @@ class TransformerLM(nn.Module):
                 nn.init.normal_(module.weight, std=0.02)
                 if module.bias is not None:
                     nn.init.zeros_(module.bias)
-            elif isinstance(module, (TokenEmbedding, LearnedPositionalEmbedding)):
+            elif isinstance(module, (TokenEmbedding, LearnedPositionalEmbedding, nn.Embedding)):
                 nn.init.normal_(module.weight, std=0.02)
         for name, p in self.named_parameters():
             if name.endswith(("attn.o_proj.weight", "mlp.down_proj.weight")):
@@ -243,11 +325,18 @@ class TransformerLM(nn.Module):
         cache: list[KVCache] | None = None,
         return_hidden: bool = False,
         mask: Tensor | None = None,
+        attention_mask: Tensor | None = None,
+        token_type_ids: Tensor | None = None,
+        with_head: bool = True,
     ) -> Tensor | tuple[Tensor, list[Tensor]]:
         """Logits (B, T, V); with `return_hidden` also the L + 1 hidden states (B, T, C).
 
         hidden[0] is the embedding output, hidden[i] the output of block i (before norm_f).
         With `cache`, ids are the next tokens after the cached ones (chapter 08).
+        `attention_mask` (B, Tk), Hugging Face's meaning: 1 for a real token, 0 for padding,
+        which no query may attend to (chapter 10). `token_type_ids` (B, T): BERT's segment ids,
+        0 if not given. `with_head=False` (or `head="none"`) returns H (B, T, C) instead of
+        logits: the trunk's output.
         """
         c = self.config
         if not isinstance(ids, Tensor) or ids.dim() != 2 or ids.dtype != torch.long:
@@ -267,13 +356,35 @@ class TransformerLM(nn.Module):
         x = self.tok_emb(ids)  # (B, T, C)
         if self.pos_emb is not None:
             x = x + self.pos_emb(T, start)  # (B, T, C) + (T, C)
+        if self.type_emb is not None:  # segment A = 0, B = 1 (BERT)
+            x = x + self.type_emb(_token_types(ids, token_type_ids))  # (B, T, C)
+        elif token_type_ids is not None:
+            raise ValueError("token_type_ids given but the model has no token-type embeddings "
+                             "(ModelConfig.type_vocab_size=0)")
+        if self.emb_norm is not None:
+            x = self.emb_norm(x)  # (B, T, C)
         x = self.drop(x)
+        if attention_mask is not None:
+            mask = _padding_mask(attention_mask, B, start + T, mask)  # (B, 1, 1, Tk)
         hidden = [x]
         for i, block in enumerate(self.blocks):
             x = block(x, cache=None if cache is None else cache[i], mask=mask)  # (B, T, C)
             hidden.append(x)
-        logits = self.lm_head(self.norm_f(x))  # (B, T, V)
-        return (logits, hidden) if return_hidden else logits
+        h = self.norm_f(x)  # (B, T, C): H, the trunk's output
+        if with_head and self.mlm_transform is not None:
+            h = self.mlm_transform(h)  # (B, T, C)
+        out = self.lm_head(h) if with_head and self.lm_head is not None else h  # (B, T, V)
+        return (out, hidden) if return_hidden else out
+
+    def trunk(
+        self,
+        ids: Tensor,
+        attention_mask: Tensor | None = None,
+        token_type_ids: Tensor | None = None,
+    ) -> Tensor:
+        """H = (h_1 ... h_T) of shape (B, T, C): embeddings, blocks, final norm (chapter 10)."""
+        return self(ids, attention_mask=attention_mask, token_type_ids=token_type_ids,
+                    with_head=False)
 
     def num_parameters(self, exclude_embeddings: bool = False) -> int:
         """Number of parameters, a tied matrix counted once (chapter 06).
@@ -286,6 +397,8 @@ class TransformerLM(nn.Module):
             n -= self.tok_emb.weight.numel()
             if isinstance(self.pos_emb, LearnedPositionalEmbedding):
                 n -= self.pos_emb.weight.numel()
+            if self.type_emb is not None:
+                n -= self.type_emb.weight.numel()
         return n
 
     def flops_per_token(self, T: int | None = None) -> int:

@@ -128,10 +128,69 @@ def _llama_names(c: ModelConfig) -> NameTable:
     return names
 
 
+# ----------------------------------------------------------------------------- BERT
+
+
+def _bert_config(hf: dict) -> ModelConfig:
+    """BERT (chapter 10): an encoder; a `...ForMaskedLM` / `...ForPreTraining` checkpoint gets
+    the masked-LM head, any other (e.g. `BertModel`, sentence encoders) none: it returns H."""
+    if hf.get("position_embedding_type", "absolute") != "absolute":
+        raise ValueError(f"position_embedding_type {hf['position_embedding_type']!r} is not "
+                         "supported, only 'absolute'")
+    act = hf.get("hidden_act", "gelu")
+    if act not in _HF_ACTIVATIONS:
+        raise ValueError(f"hidden_act {act!r} is not supported; lmkit knows "
+                         f"{sorted(_HF_ACTIVATIONS)}")
+    mlm = any(a.endswith(("ForMaskedLM", "ForPreTraining")) for a in hf.get("architectures") or [])
+    return ModelConfig.bert(
+        vocab_size=hf["vocab_size"], context_length=hf.get("max_position_embeddings", 512),
+        d_model=hf["hidden_size"], n_layers=hf["num_hidden_layers"],
+        n_heads=hf["num_attention_heads"], d_ff=hf["intermediate_size"],
+        norm_eps=hf.get("layer_norm_eps", 1e-12), activation=_HF_ACTIVATIONS[act],
+        type_vocab_size=hf.get("type_vocab_size", 2),
+        tie_embeddings=hf.get("tie_word_embeddings", True), head="mlm" if mlm else "none",
+    )
+
+
+def _bert_names(c: ModelConfig) -> NameTable:
+    e = "embeddings."
+    names: NameTable = [
+        ("tok_emb.weight", f"{e}word_embeddings.weight", None),
+        ("pos_emb.weight", f"{e}position_embeddings.weight", None),
+        ("type_emb.weight", f"{e}token_type_embeddings.weight", None),
+    ]
+    for p in ("weight", "bias"):
+        names.append((f"emb_norm.{p}", f"{e}LayerNorm.{p}", None))
+        for i in range(c.n_layers):
+            b, h = f"blocks.{i}.", f"encoder.layer.{i}."
+            names += [
+                (f"{b}attn.q_proj.{p}", f"{h}attention.self.query.{p}", None),
+                (f"{b}attn.k_proj.{p}", f"{h}attention.self.key.{p}", None),
+                (f"{b}attn.v_proj.{p}", f"{h}attention.self.value.{p}", None),
+                (f"{b}attn.o_proj.{p}", f"{h}attention.output.dense.{p}", None),
+                (f"{b}norm1.{p}", f"{h}attention.output.LayerNorm.{p}", None),
+                (f"{b}mlp.up_proj.{p}", f"{h}intermediate.dense.{p}", None),
+                (f"{b}mlp.down_proj.{p}", f"{h}output.dense.{p}", None),
+                (f"{b}norm2.{p}", f"{h}output.LayerNorm.{p}", None),
+            ]
+        if c.head == "mlm":
+            t = "cls.predictions.transform."
+            names += [(f"mlm_transform.dense.{p}", f"{t}dense.{p}", None),
+                      (f"mlm_transform.norm.{p}", f"{t}LayerNorm.{p}", None)]
+    if c.head == "mlm":
+        names.append(("lm_head.bias", "cls.predictions.bias", None))
+        if not c.tie_embeddings:
+            names.append(("lm_head.weight", "cls.predictions.decoder.weight", None))
+    return names
+
+
 # model_type -> (config function, name table, checkpoint prefix to drop, names to ignore)
 LAYOUTS: dict[str, tuple[Callable, Callable, str, str]] = {
     "gpt2": (_gpt2_config, _gpt2_names, "transformer.", r"attn\.(masked_)?bias$|^lm_head\."),
     "llama": (_llama_config, _llama_names, "model.", r"rotary_emb\.inv_freq$"),
+    # BERT's pooler (tanh of a dense layer on [CLS]) and next-sentence head are not used
+    "bert": (_bert_config, _bert_names, "bert.",
+             r"position_ids$|^pooler\.|^cls\.seq_relationship\.|^cls\.predictions\.decoder\."),
 }
 
 

@@ -448,7 +448,7 @@ def _weights(model: TransformerLM) -> dict[str, Tensor]:
     """The state dict without the tied copy of the embedding (safetensors stores each once)."""
     state = model.state_dict(keep_vars=True)
     if model.config.tie_embeddings:
-        state.pop("lm_head.weight")
+        state.pop("lm_head.weight", None)  # a model with head="none" has no lm_head
     return {k: v.data for k, v in state.items()}
 
 
