@@ -7,6 +7,8 @@
     Trainer      the loop, periodic validation, a tqdm progress bar, the loss history
     checkpoints  safetensors for tensors + JSON for the rest, written atomically;
                  resuming from one continues the run exactly
+    masked LM    with TrainConfig.mlm_mask_id set, every batch is masked BERT's way
+                 (lmkit.mlm, chapter 10) and the loss covers the masked positions only
 
 A checkpoint folder holds:
 
@@ -34,6 +36,7 @@ from safetensors.torch import load_file, save_file
 from torch import Tensor, nn
 
 from lmkit.data import get_batch
+from lmkit.mlm import mask_tokens
 from lmkit.model import ModelConfig, TransformerLM
 
 __all__ = [
@@ -63,6 +66,8 @@ class TrainConfig:
     eval_batches: int = 10  # batches per validation estimate (always the same batches)
     seed: int = 0
     device: str | None = None  # None: pick_device()
+    mlm_mask_id: int | None = None  # the [MASK] id: masked-LM training (chapter 10); None: LM
+    mlm_probability: float = 0.15  # share of positions a masked LM predicts
 
     def __post_init__(self):
         for name in ("steps", "batch_size", "eval_interval", "eval_batches"):
@@ -76,6 +81,8 @@ class TrainConfig:
         if self.grad_clip is not None and not self.grad_clip > 0:
             raise ValueError(f"grad_clip must be > 0 or None, got {self.grad_clip}")
         self.betas = tuple(self.betas)
+        if not 0.0 < self.mlm_probability < 1.0:
+            raise ValueError(f"mlm_probability must be in (0, 1), got {self.mlm_probability}")
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -100,7 +107,10 @@ def pick_device(preferred: str | None = None) -> torch.device:
 
 
 def lm_loss(logits: Tensor, targets: Tensor) -> Tensor:
-    """Mean next-token cross-entropy: logits (B, T, V), targets (B, T) -> a scalar."""
+    """Mean next-token cross-entropy: logits (B, T, V), targets (B, T) -> a scalar.
+
+    Targets equal to -100 are skipped (cross-entropy's ignore_index): the masked LM's labels.
+    """
     B, T, V = logits.shape
     return F.cross_entropy(logits.reshape(B * T, V), targets.reshape(B * T))
 
@@ -159,9 +169,12 @@ def evaluate(
     batches: int,
     seed: int = 0,
     device: str | torch.device | None = None,
+    mask_id: int | None = None,
+    mlm_probability: float = 0.15,
 ) -> float:
     """Mean loss over `batches` random batches drawn with a generator seeded with `seed`:
     the same batches every call, so successive estimates differ only because the model did.
+    With `mask_id`, the masked-LM loss on batches masked the same way every call (chapter 10).
     """
     was_training = model.training
     model.eval()
@@ -169,6 +182,8 @@ def evaluate(
     total = 0.0
     for _ in range(batches):
         x, y = get_batch(ids, batch_size, context_length, generator=g, device=device)
+        if mask_id is not None:  # inputs with [MASK]s, labels -100 except at masked positions
+            x, y = mask_tokens(x, mask_id, model.config.vocab_size, mlm_probability, g)
         total += lm_loss(model(x), y).item()
     model.train(was_training)
     return total / batches
@@ -231,6 +246,9 @@ class Trainer:
         c = self.config
         x, y = get_batch(self.train_ids, c.batch_size, self.context_length,
                          generator=self.generator, device=self.device)  # (B, T), (B, T)
+        if c.mlm_mask_id is not None:  # masked LM (chapter 10)
+            x, y = mask_tokens(x, c.mlm_mask_id, self.model.config.vocab_size,
+                               c.mlm_probability, self.generator)
         loss = lm_loss(self.model(x), y)
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
@@ -250,7 +268,8 @@ class Trainer:
     def evaluate(self) -> tuple[float, float]:
         """(train loss, validation loss), each on the same fixed batches every time."""
         c = self.config
-        args = (c.batch_size, self.context_length, c.eval_batches, c.seed + 1, self.device)
+        args = (c.batch_size, self.context_length, c.eval_batches, c.seed + 1, self.device,
+                c.mlm_mask_id, c.mlm_probability)
         return evaluate(self.model, self.train_ids, *args), evaluate(self.model, self.val_ids, *args)
 
     def run(self, steps: int | None = None, progress: bool = True) -> dict[str, list]:
