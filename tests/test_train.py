@@ -187,6 +187,7 @@ def test_checkpoint_files_are_safetensors_and_json(tmp_path):
     state = json.loads((tmp_path / "trainer_state.json").read_text())
     assert state["step"] == 2 and state["train_config"]["steps"] == 2
     assert "lm_head.weight" not in load_file(tmp_path / "model.safetensors")  # tied: stored once
+    assert all(p.stat().st_mode & 0o777 == 0o644 for p in tmp_path.iterdir())  # as tokenizer files
 
 
 def test_save_and_load_model_round_trip_and_float16(tmp_path):
