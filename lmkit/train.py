@@ -39,7 +39,7 @@ from lmkit.model import ModelConfig, TransformerLM
 __all__ = [
     "TrainConfig", "Trainer", "train", "pick_device", "lm_loss", "lr_at",
     "configure_optimizer", "clip_grad_norm", "evaluate", "save_model", "load_model",
-    "sample", "sequence_loss", "load_course_model", "COURSE_MODEL",
+    "sequence_loss", "load_course_model", "COURSE_MODEL",
 ]
 
 # The small model trained on Shakespeare by tools/train_course_model.py, shipped with the course.
@@ -481,42 +481,3 @@ def _write_atomic(path: Path, write) -> None:
         if os.path.exists(tmp):
             os.unlink(tmp)
         raise
-
-
-# ---------------------------------------------------------------------- sampling
-
-
-@torch.no_grad()
-def sample(
-    model: TransformerLM,
-    ids: list[int],
-    max_new_tokens: int,
-    temperature: float = 1.0,
-    top_k: int | None = None,
-    generator: torch.Generator | None = None,
-) -> list[int]:
-    """Continue `ids` by `max_new_tokens` tokens; temperature 0 is greedy (chapters 07, 08).
-
-    A small loop for demos; lmkit.generation (chapter 08) has the full decoding toolbox.
-    """
-    if temperature < 0:
-        raise ValueError(f"temperature must be >= 0, got {temperature}")
-    if top_k is not None and top_k < 1:
-        raise ValueError(f"top_k must be a positive integer, got {top_k}")
-    model.eval()
-    device = next(model.parameters()).device
-    out = list(ids)
-    T_max = model.config.context_length
-    for _ in range(max_new_tokens):
-        x = torch.tensor([out[-T_max:]], dtype=torch.long, device=device)  # (1, T)
-        logits = model(x)[0, -1].float().cpu()  # (V,)
-        if temperature == 0:
-            out.append(int(logits.argmax()))
-            continue
-        logits = logits / temperature
-        if top_k is not None and top_k < logits.numel():
-            kth = torch.topk(logits, top_k).values[-1]
-            logits = logits.masked_fill(logits < kth, float("-inf"))
-        probs = torch.softmax(logits, dim=-1)
-        out.append(int(torch.multinomial(probs, 1, generator=generator)))
-    return out
