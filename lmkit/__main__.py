@@ -5,7 +5,8 @@
     .venv/bin/python -m lmkit generate --prompt "To be, or not"   # the shipped course model
 
 (or `source .venv/bin/activate` first, then `python -m lmkit ...`). Run
-`python -m lmkit train --help` or `python -m lmkit generate --help` for every option.
+`.venv/bin/python -m lmkit train --help` or `.venv/bin/python -m lmkit generate --help`
+for every option.
 
 `generate` decodes with `lmkit.generation` only: tokens are printed as they are produced
 (`generate_stream`), and the same options and seed give exactly what `lmkit.generate` gives.
@@ -300,7 +301,7 @@ def _print_stream(tok, ids: list[int], steps) -> list[int]:
 def cmd_generate(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
     folder = args.model
     if not folder.is_dir():
-        parser.error(f"--model {folder}: no such folder (train one with `python -m lmkit train "
+        parser.error(f"--model {folder}: no such folder (train one with `.venv/bin/python -m lmkit train "
                      "--out FOLDER`, or leave --model out to use the course model)")
     if not (folder / "model.safetensors").is_file() or not (folder / "config.json").is_file():
         parser.error(f"--model {folder}: not a model folder (it needs config.json and "

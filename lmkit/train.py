@@ -26,6 +26,7 @@ import os
 import tempfile
 import time
 from dataclasses import asdict, dataclass, fields
+from importlib import resources
 from pathlib import Path
 
 import torch
@@ -42,8 +43,9 @@ __all__ = [
     "sequence_loss", "load_course_model", "COURSE_MODEL",
 ]
 
-# The small model trained on Shakespeare by tools/train_course_model.py, shipped with the course.
-COURSE_MODEL = Path(__file__).resolve().parents[1] / "models" / "shakespeare"
+# The small model trained on Shakespeare by tools/train_course_model.py, shipped inside the
+# package (package data, so a normal `pip install` has it too): lmkit/models/shakespeare.
+COURSE_MODEL = Path(str(resources.files("lmkit").joinpath("models", "shakespeare")))
 
 
 @dataclass
@@ -439,8 +441,8 @@ def load_course_model(device: str | torch.device = "cpu"):
     from lmkit.tokenizer import BPETokenizer
 
     if not (COURSE_MODEL / "model.safetensors").is_file():
-        raise FileNotFoundError(f"the course model is missing from {COURSE_MODEL}; "
-                                "rebuild it with `make course-model`")
+        raise FileNotFoundError(f"the course model is missing from {COURSE_MODEL}; rebuild it "
+                                "with `make course-model`, or reinstall lmkit")
     return load_model(COURSE_MODEL, device=device).eval(), BPETokenizer.load(COURSE_MODEL)
 
 

@@ -220,3 +220,20 @@ def test_generate_rejects_characters_the_char_model_never_saw(tmp_path, corpus, 
     run(["train", "--corpus", corpus, "--steps", 1, "--batch-size", 2, "--out", out,
          "--no-progress"], capsys)
     assert "--prompt" in error(["generate", "--model", out, "--prompt", "Zebra"], capsys)
+
+
+def test_every_command_line_example_says_which_python_runs_it():
+    """`python -m lmkit` outside the venv fails: examples use .venv/bin/python (or activate)."""
+    import re
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    for name in ("README.md", "lmkit/__main__.py", "lmkit/models/shakespeare/README.md"):
+        text = (root / name).read_text("utf-8")
+        uses = [(m.start(), text[max(0, m.start() - 11) : m.start()])
+                for m in re.finditer(r"python -m lmkit", text)]
+        assert uses, name
+        for pos, before in uses:
+            line = text[text.rfind("\n", 0, pos) + 1 : text.find("\n", pos)]
+            if "prog=" not in line:  # argparse's usage line names the module only
+                assert before.endswith(".venv/bin/") or "activate" in line, (name, line)
