@@ -46,7 +46,7 @@ def padding(lengths, T):
 @pytest.mark.parametrize("fast", [True, False])
 def test_bidirectional_output_at_i_depends_on_later_tokens(fast):
     torch.manual_seed(0)
-    model = TransformerLM(tiny_bert(use_sdpa=fast, fused_ops=fast)).eval()
+    model = TransformerLM(tiny_bert(), fast=fast).eval()
     x = ids(1, 8)
     y = x.clone()
     y[0, 6] = (y[0, 6] + 1) % V  # change a late token
@@ -72,7 +72,7 @@ def test_causal_output_at_i_ignores_later_tokens_but_bidirectional_does_not():
 @pytest.mark.parametrize("fast", [True, False])
 def test_padded_batch_gives_the_same_vectors_as_each_sentence_alone(fast):
     torch.manual_seed(0)
-    model = perturbed(TransformerLM(tiny_bert(use_sdpa=fast, fused_ops=fast, head="none")))
+    model = perturbed(TransformerLM(tiny_bert(head="none"), fast=fast))
     lengths = [10, 4, 7, 1]
     x = ids(4, 10, seed=3)
     am = padding(lengths, 10)
@@ -228,8 +228,6 @@ def test_config_from_hf_bert_and_its_errors():
 # ----------------------------------------------------------------------------- generation
 
 
-@pytest.mark.xfail(strict=True, reason="the refusal is hard9a's (lmkit/generation.py); once it is "
-                   "merged this test passes and strict xfail fails: remove this marker then")
 @pytest.mark.parametrize("head", ["mlm", "none"])
 def test_generate_refuses_an_encoder(head):
     from lmkit.generation import generate
