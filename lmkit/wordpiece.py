@@ -25,6 +25,8 @@ import unicodedata
 from collections.abc import Iterable
 from pathlib import Path
 
+from lmkit.io import read_text
+
 __all__ = ["WordPieceTokenizer", "basic_tokenize", "wordpiece", "is_punctuation"]
 
 SPECIAL_TOKENS = {"unk_token": "[UNK]", "sep_token": "[SEP]", "pad_token": "[PAD]",
@@ -259,18 +261,18 @@ class WordPieceTokenizer:
         if not vocab_file.is_file():
             raise FileNotFoundError(f"{vocab_file} not found: a WordPiece tokenizer folder holds "
                                     "vocab.txt (and optionally tokenizer_config.json)")
-        lines = vocab_file.read_text(encoding="utf-8").split("\n")
+        lines = read_text(vocab_file).split("\n")
         if lines and lines[-1] == "":
             lines.pop()  # the final newline
         tokens = [line.rstrip("\r") for line in lines]
         config = {}
         if (folder / "tokenizer_config.json").is_file():
-            config = json.loads((folder / "tokenizer_config.json").read_text(encoding="utf-8"))
+            config = json.loads(read_text(folder / "tokenizer_config.json"))
         specials = {k: v if isinstance(v, str) else v["content"]
                     for k, v in config.items() if k in SPECIAL_TOKENS and v is not None}
         max_length = config.get("model_max_length")
         if (folder / "sentence_bert_config.json").is_file():
-            st = json.loads((folder / "sentence_bert_config.json").read_text(encoding="utf-8"))
+            st = json.loads(read_text(folder / "sentence_bert_config.json"))
             max_length = st.get("max_seq_length", max_length)
         return cls(
             tokens, lower=config.get("do_lower_case", True),
