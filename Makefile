@@ -62,7 +62,7 @@ slides: setup
 ## bench: speed measurements against references (prints ratios; takes a few minutes)
 bench: setup
 	$(BIN)/python benchmarks/bpe_training.py
-	$(BIN)/python benchmarks/train_throughput.py
+	$(BIN)/python benchmarks/throughput.py
 	$(BIN)/python benchmarks/decode_throughput.py
 
 ## course-model: retrain the shipped model in lmkit/models/shakespeare (about 15 minutes on 2 cores)
