@@ -11,8 +11,12 @@ Keywords mean what they mean in Hugging Face `generate()`. With `use_cache=True`
 is processed once and then one token at a time, reusing every layer's keys and values
 (`lmkit.attention.KVCache`); with `use_cache=False` every step recomputes the whole sequence.
 
-Context window: the whole output (prompt + new tokens) must fit in `config.context_length`.
-lmkit does not crop silently; it raises a ValueError that says how to crop the prompt.
+Context window: by default the whole output (prompt + new tokens) must fit in
+`config.context_length`; lmkit does not crop silently, it raises a ValueError that says how
+to crop the prompt. With `slide=True` the window slides instead: each new token is predicted
+from the last `context_length` tokens only. Once the output outgrows the window every step
+recomputes the whole window (the positions of the cached tokens change, so the KV cache can
+no longer be reused), which is slower.
 
 Shapes: B batch, T prompt length, V vocabulary, K beams.
 """
@@ -96,7 +100,7 @@ def top_p_filter(logits: Tensor, p: float) -> Tensor:
 
 def _check_args(model: nn.Module, ids: Tensor, max_new_tokens: int, *, do_sample: bool,
                 temperature: float, top_k: int | None, top_p: float | None,
-                num_beams: int) -> None:
+                num_beams: int, slide: bool = False) -> None:
     """Raise a ValueError naming the wrong value and the fix, before any work is done."""
     config = getattr(model, "config", None)
     if config is not None and not getattr(config, "causal", True):
@@ -126,16 +130,24 @@ def _check_args(model: nn.Module, ids: Tensor, max_new_tokens: int, *, do_sample
     if num_beams > 1 and do_sample:
         raise ValueError("beam search with sampling is not supported: use num_beams=1 with "
                          "do_sample=True, or do_sample=False with num_beams > 1")
+    if not isinstance(slide, bool):
+        raise ValueError(f"slide must be True or False, got {slide!r}")
     M, T = model.config.context_length, ids.shape[1]
+    if slide:
+        if num_beams > 1 and T + max_new_tokens > M:
+            raise ValueError(f"slide=True is for greedy decoding and sampling, not beam search; "
+                             f"with num_beams={num_beams} keep prompt + max_new_tokens <= {M}")
+        return
     if max_new_tokens >= M:
         raise ValueError(f"max_new_tokens={max_new_tokens} leaves no room for the prompt in a "
-                         f"context window of {M}; ask for at most {M - 1} new tokens")
+                         f"context window of {M}; ask for at most {M - 1} new tokens, or pass "
+                         "slide=True to slide the window over longer output")
     if T + max_new_tokens > M:
         keep = M - max_new_tokens
         raise ValueError(
             f"prompt has {T} tokens but the context window is {M}, and {max_new_tokens} new "
             f"tokens must fit too; keep the last M - max_new_tokens = {keep} tokens, "
-            f"e.g. ids[:, -{keep}:]"
+            f"e.g. ids[:, -{keep}:], or pass slide=True to slide the window"
         )
 
 
@@ -156,15 +168,21 @@ def _next_logits(model: nn.Module, ids: Tensor, new: Tensor | None, cache) -> Te
 
 def _steps(model, ids, max_new_tokens, do_sample, temperature, top_k, top_p, use_cache,
            eos_token_id, generator) -> Iterator[tuple[Tensor, Tensor]]:
-    """Yield (next tokens (B,), raw logits (B, V)) for each new position, greedy or sampled."""
+    """Yield (next tokens (B,), raw logits (B, V)) for each new position, greedy or sampled.
+
+    The model sees at most the last context_length tokens (only reached with slide=True).
+    """
     B, T = ids.shape
+    M = model.config.context_length
     out = ids.new_empty(B, T + max_new_tokens)  # (B, T + new): filled as we go, no torch.cat
     out[:, :T] = ids
     cache = model.new_cache() if use_cache else None
     finished = torch.zeros(B, dtype=torch.bool, device=ids.device)
     new = None  # with the cache, the first step feeds the whole prompt
     for t in range(T, T + max_new_tokens):
-        logits = _next_logits(model, out[:, :t], new, cache).float()  # (B, V)
+        if t > M:  # the window slides: every position shifts, so the cache cannot be reused
+            cache = None
+        logits = _next_logits(model, out[:, max(0, t - M) : t], new, cache).float()  # (B, V)
         if do_sample:
             scores = logits / temperature if temperature != 1.0 else logits
             if top_k is not None:
@@ -197,14 +215,23 @@ def generate_stream(
     use_cache: bool = True,
     eos_token_id: int | None = None,
     generator: torch.Generator | None = None,
+    slide: bool = False,
 ) -> Iterator[Tensor]:
     """Yield the next tokens (B,) one step at a time, for live demos (chapter 08).
 
-    Same keywords as `generate` (greedy or sampling; no beam search). The model is in eval
-    mode while the stream runs; its training flag comes back when the stream ends or closes.
+    Same keywords as `generate` (greedy or sampling; no beam search), so the tokens are those
+    `generate` returns for the same arguments and generator state. The model is in eval mode
+    while the stream runs; its training flag comes back when the stream ends or closes.
+    The arguments are checked when the stream is created, not at the first `next()`.
     """
     _check_args(model, ids, max_new_tokens, do_sample=do_sample, temperature=temperature,
-                top_k=top_k, top_p=top_p, num_beams=1)
+                top_k=top_k, top_p=top_p, num_beams=1, slide=slide)
+    return _stream(model, ids, max_new_tokens, do_sample, temperature, top_k, top_p,
+                   use_cache, eos_token_id, generator)
+
+
+def _stream(model, ids, max_new_tokens, do_sample, temperature, top_k, top_p, use_cache,
+            eos_token_id, generator) -> Iterator[Tensor]:
     was_training = model.training
     model.eval()
     try:
@@ -230,6 +257,7 @@ def generate(
     generator: torch.Generator | None = None,
     length_penalty: float = 1.0,
     return_logits: bool = False,
+    slide: bool = False,
 ) -> Tensor | tuple[Tensor, Tensor]:
     """Continue each prompt of ids (B, T): a LongTensor (B, T + new), new <= max_new_tokens.
 
@@ -238,10 +266,12 @@ def generate(
     num_beams > 1 is beam search (see `beam_search`). Rows that produce `eos_token_id` are
     padded with it; decoding stops early once every row has. With `return_logits` (not for
     beams) also returns the model's raw logits (B, new, V) at each step. T + max_new_tokens
-    must fit in the context window: otherwise a ValueError says how to crop the prompt.
+    must fit in the context window: otherwise a ValueError says how to crop the prompt, unless
+    `slide=True`, which predicts each token from the last context_length tokens only (greedy
+    and sampling; slower once the output outgrows the window, see the module docstring).
     """
     _check_args(model, ids, max_new_tokens, do_sample=do_sample, temperature=temperature,
-                top_k=top_k, top_p=top_p, num_beams=num_beams)
+                top_k=top_k, top_p=top_p, num_beams=num_beams, slide=slide)
     if num_beams > 1:
         if return_logits:
             raise ValueError("return_logits is for greedy and sampling; beam search returns "

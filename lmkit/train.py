@@ -27,6 +27,7 @@ import shutil
 import time
 from collections.abc import Iterable
 from dataclasses import asdict, dataclass, fields
+from importlib import resources
 from pathlib import Path
 
 import torch
@@ -41,11 +42,12 @@ from lmkit.model import ModelConfig, TransformerLM
 __all__ = [
     "TrainConfig", "Trainer", "train", "pick_device", "lm_loss", "lr_at",
     "configure_optimizer", "clip_grad_norm", "evaluate", "save_model", "load_model",
-    "sample", "sequence_loss", "load_course_model", "COURSE_MODEL",
+    "sequence_loss", "load_course_model", "COURSE_MODEL",
 ]
 
-# The small model trained on Shakespeare by tools/train_course_model.py, shipped with the course.
-COURSE_MODEL = Path(__file__).resolve().parents[1] / "models" / "shakespeare"
+# The small model trained on Shakespeare by tools/train_course_model.py, shipped inside the
+# package (package data, so a normal `pip install` has it too): lmkit/models/shakespeare.
+COURSE_MODEL = Path(str(resources.files("lmkit").joinpath("models", "shakespeare")))
 
 
 @dataclass
@@ -472,8 +474,8 @@ def load_course_model(device: str | torch.device = "cpu"):
     from lmkit.tokenizer import BPETokenizer
 
     if not (COURSE_MODEL / "model.safetensors").is_file():
-        raise FileNotFoundError(f"the course model is missing from {COURSE_MODEL}; "
-                                "rebuild it with `make course-model`")
+        raise FileNotFoundError(f"the course model is missing from {COURSE_MODEL}; rebuild it "
+                                "with `make course-model`, or reinstall lmkit")
     return load_model(COURSE_MODEL, device=device).eval(), BPETokenizer.load(COURSE_MODEL)
 
 
@@ -544,42 +546,3 @@ def _recover(folder: Path) -> None:
     for leftover in (new, old):
         if leftover.exists():
             shutil.rmtree(leftover)
-
-
-# ---------------------------------------------------------------------- sampling
-
-
-@torch.no_grad()
-def sample(
-    model: TransformerLM,
-    ids: list[int],
-    max_new_tokens: int,
-    temperature: float = 1.0,
-    top_k: int | None = None,
-    generator: torch.Generator | None = None,
-) -> list[int]:
-    """Continue `ids` by `max_new_tokens` tokens; temperature 0 is greedy (chapters 07, 08).
-
-    A small loop for demos; lmkit.generation (chapter 08) has the full decoding toolbox.
-    """
-    if temperature < 0:
-        raise ValueError(f"temperature must be >= 0, got {temperature}")
-    if top_k is not None and top_k < 1:
-        raise ValueError(f"top_k must be a positive integer, got {top_k}")
-    model.eval()
-    device = next(model.parameters()).device
-    out = list(ids)
-    T_max = model.config.context_length
-    for _ in range(max_new_tokens):
-        x = torch.tensor([out[-T_max:]], dtype=torch.long, device=device)  # (1, T)
-        logits = model(x)[0, -1].float().cpu()  # (V,)
-        if temperature == 0:
-            out.append(int(logits.argmax()))
-            continue
-        logits = logits / temperature
-        if top_k is not None and top_k < logits.numel():
-            kth = torch.topk(logits, top_k).values[-1]
-            logits = logits.masked_fill(logits < kth, float("-inf"))
-        probs = torch.softmax(logits, dim=-1)
-        out.append(int(torch.multinomial(probs, 1, generator=generator)))
-    return out
