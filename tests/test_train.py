@@ -394,3 +394,20 @@ def test_pick_device_prefers_cuda_then_mps(monkeypatch):
     assert T.pick_device() == torch.device("mps")
     monkeypatch.setattr(torch.backends.mps, "is_available", lambda: False)
     assert T.pick_device() == torch.device("cpu")
+
+
+def test_save_through_a_symlink_keeps_the_link_and_refuses_a_file(tmp_path):
+    train, val = tiny_data()
+    torch.manual_seed(0)
+    t = T.Trainer(TransformerLM(tiny_config()), train, val, tcfg(steps=4))
+    (tmp_path / "real").mkdir()
+    (tmp_path / "link").symlink_to(tmp_path / "real")
+    t.run(steps=2, progress=False)
+    t.save(tmp_path / "link")
+    t.run(progress=False)
+    t.save(tmp_path / "link")
+    assert (tmp_path / "link").is_symlink()
+    assert T.Trainer.load(tmp_path / "real", train, val).step == 4
+    (tmp_path / "file").write_text("x")
+    with pytest.raises(NotADirectoryError, match="is a file"):
+        t.save(tmp_path / "file")
