@@ -411,3 +411,12 @@ def test_save_through_a_symlink_keeps_the_link_and_refuses_a_file(tmp_path):
     (tmp_path / "file").write_text("x")
     with pytest.raises(NotADirectoryError, match="is a file"):
         t.save(tmp_path / "file")
+
+
+@pytest.mark.parametrize(("content", "cause"), [(b"", "empty"), (b"\x80\x02}q\x00.", "pickle")])
+def test_model_file_that_is_not_safetensors_is_named(tmp_path, content, cause):
+    T.save_model(TransformerLM(tiny_config()), tmp_path)
+    (tmp_path / "model.safetensors").write_bytes(content)
+    with pytest.raises(ValueError, match=rf"model.safetensors is not a valid safetensors file: "
+                                         rf".*{cause}"):
+        T.load_model(tmp_path)
