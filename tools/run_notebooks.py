@@ -17,10 +17,13 @@ import nbformat
 from nbclient import NotebookClient
 
 KERNELSPEC = {"name": "lmkit", "display_name": "Python (lmkit)", "language": "python"}
+# Live slides (jupyterlab-rise): a 1280x720 stage, and a tall slide scrolls rather than being cut.
+RISE = {"width": 1280, "height": 720, "scroll": True, "transition": "slide"}
 
 
 def normalise(nb: nbformat.NotebookNode) -> None:
     nb.metadata["kernelspec"] = dict(KERNELSPEC)
+    nb.metadata["rise"] = dict(RISE)
     for cell in nb.cells:
         for key in ("execution", "lines_to_next_cell"):  # timings; jupytext's layout hints
             cell.metadata.pop(key, None)
