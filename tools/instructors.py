@@ -3,7 +3,8 @@
 For every chapter, the block between `<!-- BEGIN GENERATED NN -->` and `<!-- END GENERATED NN -->`
 is written from the sources it summarises, so it cannot drift from them:
 - the learning goals and `##` sections, from chapters/NN_*.ipynb;
-- the measured run time of each section, from tools/lecture_timings.json (`--measure`);
+- the measured run time of each section, from tools/lecture_timings.json (written by
+  tools/run_notebooks.py each time it executes a chapter, i.e. by `make notebooks`);
 - the exercises (difficulty, time), from solutions/NN_*.ipynb;
 - the common mistakes, from the checkers' table `lmkit.checks.chNN.MISTAKES` (the same table
   whose hints the checks print and whose list stands under each exercise).
@@ -12,7 +13,6 @@ Everything outside the blocks (lecture plans, questions, what to cut) is written
 Usage:
     python tools/instructors.py            # rewrite the generated blocks
     python tools/instructors.py --check    # exit 1 if a block is stale (the tests run this)
-    python tools/instructors.py --measure  # re-run every chapter, store per-section timings
 """
 
 from __future__ import annotations
@@ -22,7 +22,6 @@ import importlib
 import json
 import re
 import sys
-import time
 from pathlib import Path
 
 import nbformat
@@ -65,34 +64,22 @@ def goals(nb) -> list[str]:
     return [g.rstrip(";.") for g in items]
 
 
-def measure(paths: list[Path]) -> dict:
-    """Execute each chapter (not saved) and time every section; returns the timings table."""
-    from nbclient import NotebookClient
-
-    table = {}
-    for path in paths:
-        nb = nbformat.read(path, as_version=4)
-        start = time.perf_counter()
-        NotebookClient(nb, timeout=600, kernel_name="lmkit", record_timing=True,
-                       resources={"metadata": {"path": str(path.parent)}}).execute()
-        total = time.perf_counter() - start
-        per = {}
-        for heading, cells in sections(nb):
-            seconds = 0.0
-            for c in cells:
-                t = c.metadata.get("execution", {})
-                if "iopub.execute_input" in t and "shell.execute_reply" in t:
-                    seconds += _ts(t["shell.execute_reply"]) - _ts(t["iopub.execute_input"])
-            per[heading] = round(seconds, 1)
-        table[path.stem[:2]] = {"total_s": round(total, 1), "sections_s": per}
-        print(f"{path.name}: {total:.1f} s", flush=True)
-    return table
-
-
-def _ts(stamp: str) -> float:
+def section_seconds(nb) -> dict[str, float]:
+    """Seconds spent in each section of an executed notebook (nbclient's per-cell timestamps)."""
     from datetime import datetime
 
-    return datetime.fromisoformat(stamp.replace("Z", "+00:00")).timestamp()
+    def ts(stamp: str) -> float:
+        return datetime.fromisoformat(stamp.replace("Z", "+00:00")).timestamp()
+
+    per = {}
+    for heading, cells in sections(nb):
+        seconds = 0.0
+        for c in cells:
+            t = c.metadata.get("execution", {})
+            if "iopub.execute_input" in t and "shell.execute_reply" in t:
+                seconds += ts(t["shell.execute_reply"]) - ts(t["iopub.execute_input"])
+        per[heading] = round(seconds, 1)
+    return per
 
 
 def mistakes(chapter: str) -> dict[str, list[str]]:
@@ -154,8 +141,9 @@ def render(text: str, timings: dict) -> str:
         nn = path.stem[:2]
         new = f"<!-- BEGIN GENERATED {nn} -->\n{block(path, timings)}\n<!-- END GENERATED {nn} -->"
         pattern = re.compile(rf"<!-- BEGIN GENERATED {nn} -->.*?<!-- END GENERATED {nn} -->", re.S)
-        if pattern.search(text):
-            text = pattern.sub(lambda _: new, text)
+        m = pattern.search(text)
+        if m:
+            text = text[:m.start()] + new + text[m.end():]
         else:
             title = nbformat.read(path, as_version=4).cells[0].source.split("\n", 1)[0].lstrip("# ")
             text = text.rstrip("\n") + f"\n\n## {title}\n\n{new}\n"
@@ -165,12 +153,8 @@ def render(text: str, timings: dict) -> str:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--check", action="store_true", help="exit 1 if INSTRUCTORS.md is stale")
-    parser.add_argument("--measure", action="store_true", help="re-time every chapter first")
     args = parser.parse_args(argv)
     timings = json.loads(TIMINGS.read_text()) if TIMINGS.exists() else {}
-    if args.measure:
-        timings.update(measure(chapters()))
-        TIMINGS.write_text(json.dumps(timings, indent=1, ensure_ascii=False) + "\n")
     old = GUIDE.read_text(encoding="utf-8")
     new = render(old, timings)
     if args.check:
