@@ -23,6 +23,7 @@ Shapes: B batch, T prompt length, V vocabulary, K beams.
 
 from __future__ import annotations
 
+import numbers
 from collections.abc import Iterator
 
 import torch
@@ -34,11 +35,41 @@ __all__ = ["generate", "generate_stream", "beam_search", "top_k_filter", "top_p_
 # ----------------------------------------------------------------------------- filters
 
 
+def _check_logits(logits: Tensor, name: str) -> None:
+    if not isinstance(logits, Tensor) or logits.dim() < 1 or not logits.is_floating_point():
+        got = (f"a {logits.dtype} tensor of shape {tuple(logits.shape)}"
+               if isinstance(logits, Tensor) else type(logits).__name__)
+        raise TypeError(f"{name} expects floating-point logits of shape (..., V), got {got}")
+
+
+def _check_top_k(k) -> None:
+    """top_k is a whole number >= 1: a TypeError for True or 2.5, a ValueError for 0."""
+    if isinstance(k, bool) or not isinstance(k, numbers.Integral):
+        raise TypeError(f"top_k must be an integer >= 1 (or None for no top-k), got {k!r} of "
+                        f"type {type(k).__name__}")
+    if k < 1:
+        raise ValueError(f"top_k must be an integer >= 1 (or None for no top-k), got {k}; "
+                         "top_k=1 is greedy")
+
+
+def _check_top_p(p) -> None:
+    """top_p is a number in (0, 1]: p <= 0 would remove every token."""
+    if isinstance(p, bool) or not isinstance(p, numbers.Real):
+        raise TypeError(f"top_p must be a number in (0, 1] (or None for no top-p), got {p!r} of "
+                        f"type {type(p).__name__}")
+    if not 0.0 < p <= 1.0:
+        raise ValueError(f"top_p must be in (0, 1] (or None for no top-p), got {p}; "
+                         "a small p such as 0.1 keeps only the most likely tokens")
+
+
 def top_k_filter(logits: Tensor, k: int) -> Tensor:
     """Logits (..., V) with everything below the k-th largest set to -inf (chapter 08).
 
-    As in Hugging Face, tokens tied with the k-th largest are kept too.
+    As in Hugging Face, tokens tied with the k-th largest are kept too. k is an integer >= 1.
     """
+    _check_logits(logits, "top_k_filter")
+    _check_top_k(k)
+    k = int(k)
     if k >= logits.shape[-1]:
         return logits
     kth = torch.topk(logits, k, dim=-1).values[..., -1:]  # (..., 1)
@@ -50,7 +81,10 @@ def top_p_filter(logits: Tensor, p: float) -> Tensor:
 
     Nucleus sampling (chapter 08): sort by probability, keep a token while the mass of the
     tokens before it is still below p. The most likely token is always kept; p=1 keeps all.
+    p must be in (0, 1].
     """
+    _check_logits(logits, "top_p_filter")
+    _check_top_p(p)
     if p >= 1.0:
         return logits
     probs = torch.softmax(logits.float(), dim=-1)
@@ -68,6 +102,14 @@ def _check_args(model: nn.Module, ids: Tensor, max_new_tokens: int, *, do_sample
                 temperature: float, top_k: int | None, top_p: float | None,
                 num_beams: int, slide: bool = False) -> None:
     """Raise a ValueError naming the wrong value and the fix, before any work is done."""
+    config = getattr(model, "config", None)
+    if config is not None and not getattr(config, "causal", True):
+        raise ValueError(
+            "generate needs a causal language model, but this model has config.causal=False: "
+            "a bidirectional encoder (chapter 10) sees every position at once and was never "
+            "trained to predict the next token, so its 'continuations' are meaningless. Use a "
+            "decoder (ModelConfig with causal=True)"
+        )
     if not isinstance(ids, Tensor) or ids.dim() != 2 or ids.dtype != torch.long:
         got = f"{ids.dtype} of shape {tuple(ids.shape)}" if isinstance(ids, Tensor) else repr(ids)
         raise ValueError(f"expected ids as a LongTensor of shape (B, T), got {got}; "
@@ -79,10 +121,10 @@ def _check_args(model: nn.Module, ids: Tensor, max_new_tokens: int, *, do_sample
     if do_sample and not temperature > 0:
         raise ValueError(f"temperature must be > 0 when sampling, got {temperature}; "
                          "for the single most likely token use do_sample=False (greedy)")
-    if top_k is not None and (not isinstance(top_k, int) or top_k < 1):
-        raise ValueError(f"top_k must be an integer >= 1 (or None for no top-k), got {top_k!r}")
-    if top_p is not None and not 0.0 < top_p <= 1.0:
-        raise ValueError(f"top_p must be in (0, 1] (or None for no top-p), got {top_p}")
+    if top_k is not None:
+        _check_top_k(top_k)
+    if top_p is not None:
+        _check_top_p(top_p)
     if not isinstance(num_beams, int) or num_beams < 1:
         raise ValueError(f"num_beams must be an integer >= 1, got {num_beams!r}")
     if num_beams > 1 and do_sample:
