@@ -133,6 +133,7 @@ class MultiHeadAttention(nn.Module):
         use_sdpa: bool = False,
         rope_theta: float | None = None,
         context_length: int = 2048,
+        rope_layout: str = "half",
     ):
         super().__init__()
         n_kv_heads = n_heads if n_kv_heads is None else n_kv_heads
@@ -153,7 +154,8 @@ class MultiHeadAttention(nn.Module):
         self.resid_dropout = nn.Dropout(dropout)
         self.rotary_emb = None
         if rope_theta is not None:
-            self.rotary_emb = RotaryEmbedding(self.head_dim, context_length, rope_theta)
+            self.rotary_emb = RotaryEmbedding(self.head_dim, context_length, rope_theta,
+                                              rope_layout)
 
     def forward(
         self,
