@@ -101,7 +101,7 @@ def build_parser() -> argparse.ArgumentParser:
                "runs/tiny, then .venv/bin/python -m lmkit generate --model runs/tiny "
                "--prompt 'ROMEO:'",
     )
-    sub = parser.add_subparsers(dest="command", required=True, metavar="{train,generate,doctor}")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="{train,generate,chat,doctor}")
 
     t = sub.add_parser(
         "train", help="train a model on Shakespeare (or your own text file)",
@@ -149,7 +149,8 @@ def build_parser() -> argparse.ArgumentParser:
     )
     g.add_argument("--model", type=Path, default=COURSE_MODEL,
                    help="model folder (default: the course model shipped with lmkit, "
-                        "lmkit/models/shakespeare, a 128-token context window)")
+                        "lmkit/models/shakespeare, a 128-token context window), or "
+                        "'smollm2' for SmolLM2-135M-Instruct (chapter 09)")
     g.add_argument("--prompt", default="\n", help="text to continue (default: a newline)")
     g.add_argument("--max-new-tokens", type=_positive_int, default=None,
                    help=f"tokens to generate (default: {DEFAULT_NEW_TOKENS}, or as many as the "
@@ -172,6 +173,10 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--seed", type=int, default=0, help="random seed for sampling (default 0)")
     g.add_argument("--device", type=_device, default="cpu", help="cpu (default), cuda or mps")
     g.set_defaults(parser=g)
+
+    from lmkit.chat import add_chat_parser  # chapter 09: SmolLM2-Instruct
+
+    add_chat_parser(sub)
 
     d = sub.add_parser(
         "doctor", help="check that this machine is ready for the course",
@@ -316,6 +321,13 @@ def _print_stream(tok, ids: list[int], steps) -> list[int]:
 
 def cmd_generate(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
     folder = args.model
+    if str(folder) == "smollm2" and not folder.is_dir():  # the pretrained model of chapter 09
+        from lmkit.chat import generate_smollm2
+
+        if args.num_beams > 1 or args.slide:
+            parser.error("--model smollm2 streams greedy or sampled text: drop --num-beams "
+                         "and --slide")
+        return generate_smollm2(args, _sampling_options(parser, args))
     if not folder.is_dir():
         parser.error(f"--model {folder}: no such folder (train one with `.venv/bin/python -m "
                      "lmkit train --out FOLDER`, or leave --model out to use the course model)")
@@ -367,6 +379,10 @@ def main(argv: list[str] | None = None) -> None:
     # errors found after parsing are reported with the sub-command's usage line
     if args.command == "train":
         cmd_train(args.parser, args)
+    elif args.command == "chat":
+        from lmkit.chat import cmd_chat
+
+        cmd_chat(args.parser, args)
     elif args.command == "doctor":
         from lmkit import doctor
 

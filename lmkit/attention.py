@@ -20,7 +20,9 @@ from torch import Tensor, nn
 
 from lmkit.embeddings import RotaryEmbedding
 
-__all__ = ["scaled_dot_product_attention", "causal_mask", "KVCache", "MultiHeadAttention"]
+__all__ = [
+    "scaled_dot_product_attention", "causal_mask", "KVCache", "RollingKVCache", "MultiHeadAttention",
+]
 
 
 def _check_mask(mask: Tensor, shape: tuple[int, ...]) -> None:
@@ -120,6 +122,43 @@ class KVCache:
         return f"KVCache(length={self.length}, k_shape={shape})"
 
 
+class RollingKVCache(KVCache):
+    """A KV cache for sliding-window attention that never holds more than `window - 1` positions.
+
+    A query sees itself and the `window - 1` keys before it (chapter 09), so older keys can go:
+    memory stays bounded however long the text. `length` still counts every position seen (the
+    next token's position, for RoPE); `stored` is how many are kept.
+    """
+
+    def __init__(self, window: int):
+        super().__init__()
+        if not isinstance(window, int) or window < 1:
+            raise ValueError(f"window must be a positive number of positions, got {window!r}")
+        self.window, self.seen = window, 0
+
+    @property
+    def length(self) -> int:
+        return self.seen
+
+    @property
+    def stored(self) -> int:
+        return 0 if self.k is None else self.k.shape[-2]
+
+    def update(self, k: Tensor, v: Tensor) -> tuple[Tensor, Tensor]:
+        """Return the kept keys/values followed by the new ones; keep the last window - 1."""
+        if self.k is not None:
+            k = torch.cat((self.k, k), dim=-2)  # (B, H_kv, stored + T, D)
+            v = torch.cat((self.v, v), dim=-2)
+        self.seen += k.shape[-2] - self.stored
+        keep = min(self.window - 1, k.shape[-2])
+        self.k = k[..., k.shape[-2] - keep :, :]  # (B, H_kv, <= window - 1, D)
+        self.v = v[..., v.shape[-2] - keep :, :]
+        return k, v
+
+    def __repr__(self) -> str:
+        return f"RollingKVCache(window={self.window}, length={self.length}, stored={self.stored})"
+
+
 class MultiHeadAttention(nn.Module):
     """Multi-head self-attention with GQA, sliding window, RoPE and a KV cache (ch. 03, 08, 09).
 
@@ -140,6 +179,7 @@ class MultiHeadAttention(nn.Module):
         fast: bool = True,
         rope_theta: float | None = None,
         context_length: int = 2048,
+        rope_layout: str = "half",
     ):
         super().__init__()
         n_kv_heads = n_heads if n_kv_heads is None else n_kv_heads
@@ -160,7 +200,8 @@ class MultiHeadAttention(nn.Module):
         self.resid_dropout = nn.Dropout(dropout)
         self.rotary_emb = None
         if rope_theta is not None:
-            self.rotary_emb = RotaryEmbedding(self.head_dim, context_length, rope_theta)
+            self.rotary_emb = RotaryEmbedding(self.head_dim, context_length, rope_theta,
+                                              rope_layout)
 
     def forward(
         self,
