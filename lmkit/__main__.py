@@ -25,7 +25,7 @@ from lmkit import data, io
 from lmkit.generation import generate, generate_stream
 from lmkit.model import ModelConfig, TransformerLM
 from lmkit.tokenizer import BPETokenizer, CharTokenizer
-from lmkit.train import COURSE_MODEL, TrainConfig, Trainer, load_model
+from lmkit.train import COURSE_MODEL, TrainConfig, Trainer, check_save_folder, load_model
 
 # Model sizes for `train --size`: small enough for a laptop CPU.
 SIZES = {
@@ -236,6 +236,10 @@ def cmd_train(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None
                      "choose one")
     if args.out.exists() and not args.out.is_dir():
         parser.error(f"--out {args.out} is a file; give a folder")
+    try:
+        check_save_folder(args.out)  # refused now rather than after training
+    except ValueError as e:
+        parser.error(f"--out: {e}")
     if args.resume and not (args.out / "trainer_state.json").is_file():
         parser.error(f"--resume: {args.out} holds no checkpoint to resume (no trainer_state.json)")
     found = [name for name in CHECKPOINT_FILES if (args.out / name).exists()]
@@ -269,9 +273,9 @@ def cmd_train(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None
                              device=args.device)
         trainer = Trainer(model, train_ids, val_ids, config)
     history = trainer.run(progress=not args.no_progress)
-    args.out.mkdir(parents=True, exist_ok=True)
-    trainer.save(args.out)
-    _save_tokenizer(tok, args.out)
+    # the tokenizer goes into the new checkpoint folder before it is swapped in: an
+    # interrupted save never pairs new weights with an old tokenizer
+    trainer.save(args.out, extra=lambda folder: _save_tokenizer(tok, folder))
     print(f"step {trainer.step}: train loss {history['train_loss'][-1]:.3f}, "
           f"validation loss {history['val_loss'][-1]:.3f}; saved to {args.out}")
     print(f"try: .venv/bin/python -m lmkit generate --model {args.out} --prompt 'ROMEO:'")

@@ -25,7 +25,8 @@ import math
 import os
 import shutil
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, fields
 from importlib import resources
 from pathlib import Path
@@ -42,7 +43,7 @@ from lmkit.model import ModelConfig, TransformerLM
 __all__ = [
     "TrainConfig", "Trainer", "train", "pick_device", "lm_loss", "lr_at",
     "configure_optimizer", "clip_grad_norm", "evaluate", "save_model", "load_model",
-    "sequence_loss", "load_course_model", "COURSE_MODEL",
+    "sequence_loss", "load_course_model", "COURSE_MODEL", "check_save_folder",
 ]
 
 # The small model trained on Shakespeare by tools/train_course_model.py, shipped inside the
@@ -315,18 +316,27 @@ class Trainer:
 
     # ------------------------------------------------------------------ checkpoints
 
-    def save(self, folder: str | os.PathLike) -> None:
+    def save(
+        self,
+        folder: str | os.PathLike,
+        extra: Callable[[Path], None] | None = None,
+    ) -> None:
         """Write a checkpoint (weights, optimizer, RNG states, step, history) into `folder`.
 
         All or nothing: the checkpoint is written complete into a new folder beside `folder`,
         which then replaces it (two renames). Interrupted at any point, `folder` afterwards
-        loads as the previous checkpoint or the new one; the next save or load removes what
-        an interrupted save left behind. Other files in `folder` (a tokenizer) are kept.
+        loads as the previous checkpoint or the new one; the next save removes what an
+        interrupted save left behind (loading never deletes anything). Other files in a
+        checkpoint folder (a tokenizer) are kept. `extra(new_folder)`, if given, writes more
+        files (a tokenizer) into the new folder before the swap, so they change together; the
+        kept files are then copies, which it may overwrite or delete.
+
+        Because the whole folder is replaced, `folder` must be new, empty, or a checkpoint
+        folder (see `check_save_folder`): a folder holding other files, the working directory
+        or a folder above it is refused with a ValueError.
         """
         folder = Path(folder).resolve()  # a symlinked folder: swap its target, keep the link
-        if folder.exists() and not folder.is_dir():
-            raise NotADirectoryError(f"{folder} is a file; Trainer.save writes a folder")
-        _recover(folder)
+        check_save_folder(folder)
         opt = self.optimizer.state_dict()
         tensors = {f"state.{i}.{k}": v.detach().cpu().contiguous()
                    for i, s in opt["state"].items() for k, v in s.items()}
@@ -341,18 +351,22 @@ class Trainer:
             "param_groups": opt["param_groups"],
         }
         meta = {"step": str(self.step)}
-        new = _sibling(folder, "saving")
-        new.mkdir(parents=True)
-        try:
-            save_model(self.model, new, _last=False, _metadata=meta)
-            write_atomic(new / "optimizer.safetensors",
-                         lambda p: save_file(tensors, p, metadata=meta))
-            write_atomic(new / "trainer_state.json", json.dumps(state, indent=1))
-            _carry_over(folder, new)
-        except BaseException:
-            shutil.rmtree(new, ignore_errors=True)
-            raise
-        _swap_in(new, folder)
+        with _save_lock(folder):
+            _recover(folder)
+            new = _sibling(folder, "saving")
+            new.mkdir(parents=True)
+            try:
+                save_model(self.model, new, _last=False, _metadata=meta)
+                write_atomic(new / "optimizer.safetensors",
+                             lambda p: save_file(tensors, p, metadata=meta))
+                write_atomic(new / "trainer_state.json", json.dumps(state, indent=1))
+                _carry_over(folder, new, link=extra is None)
+                if extra is not None:
+                    extra(new)
+            except BaseException:
+                shutil.rmtree(new, ignore_errors=True)
+                raise
+            _swap_in(new, folder)
 
     @classmethod
     def load(
@@ -363,8 +377,7 @@ class Trainer:
         device: str | None = None,
     ) -> Trainer:
         """Rebuild a Trainer from `save`'s folder; `run()` then continues exactly where it was."""
-        folder = Path(folder)
-        _recover(folder)
+        folder = _readable(Path(folder))
         state_path = folder / "trainer_state.json"
         if not state_path.is_file():
             raise FileNotFoundError(
@@ -447,8 +460,9 @@ def load_model(
 
     A tensor whose name or shape does not match config.json is an error naming the first one.
     """
-    folder = Path(folder)
-    _recover(folder)
+    folder = _readable(Path(folder))
+    if folder.exists() and not folder.is_dir():
+        raise NotADirectoryError(f"model folder {folder} is a file, not a folder")
     if not folder.is_dir():
         raise FileNotFoundError(f"model folder {folder} does not exist")
     for name in ("config.json", "model.safetensors"):
@@ -508,23 +522,125 @@ CHECKPOINT_FILES = ("config.json", "model.safetensors", "optimizer.safetensors",
                     "trainer_state.json")
 
 
+def check_save_folder(folder: str | os.PathLike) -> None:
+    """Refuse a folder that `Trainer.save` must not replace: a file, the working directory or a
+    folder above it, or a folder holding files other than a checkpoint's (ValueError naming it).
+
+    Accepted: a folder that does not exist yet, an empty one, or a checkpoint folder (one with
+    trainer_state.json, whose other files, e.g. a tokenizer, are carried over on each save).
+    """
+    folder = Path(folder).resolve()
+    if folder.exists() and not folder.is_dir():
+        raise NotADirectoryError(f"{folder} is a file; Trainer.save writes a folder")
+    try:
+        cwd = Path.cwd().resolve()
+    except FileNotFoundError:  # the working directory itself was deleted
+        cwd = None
+    if cwd is not None and (folder == cwd or folder in cwd.parents):
+        raise ValueError(
+            f"cannot save a checkpoint into {folder}: it is the working directory or a folder "
+            "above it, and Trainer.save replaces the whole folder; give a new folder dedicated "
+            f"to the checkpoint, e.g. {folder / 'checkpoint'}"
+        )
+    if folder.is_dir() and not (folder / "trainer_state.json").is_file():
+        others = sorted(p.name for p in folder.iterdir() if p.name not in CHECKPOINT_FILES)
+        if others:
+            shown = ", ".join(others[:3]) + (", ..." if len(others) > 3 else "")
+            raise ValueError(
+                f"cannot save a checkpoint into {folder}: it holds other files ({shown}) and "
+                "is not a checkpoint folder, and Trainer.save replaces the whole folder; give "
+                "a new or empty folder dedicated to the checkpoint"
+            )
+
+
 def _sibling(folder: Path, tag: str) -> Path:
-    """`.NAME.tag` beside `folder`: where a save writes (`saving`) or parks the old one (`old`)."""
+    """`.NAME.tag` beside `folder`: where a save writes (`saving`), parks the old one (`old`)
+    or records its process id (`lock`)."""
     folder = folder.resolve()
     return folder.parent / f".{folder.name}.{tag}"
 
 
-def _carry_over(old: Path, new: Path) -> None:
-    """Hard-link (or copy) every file of `old` that is not part of a checkpoint into `new`."""
+LOCK_STALE_S = 600.0  # a lock file without a readable live pid is stale after this long
+
+
+def _lock_is_live(lock: Path) -> bool:
+    """Whether the save that wrote `lock` may still be running: its pid is alive, or (pid not
+    written yet, or no way to check one) the lock is younger than LOCK_STALE_S."""
+    try:
+        text = lock.read_text().strip()
+        age = time.time() - lock.stat().st_mtime
+    except FileNotFoundError:
+        return False
+    if not text.isdigit() or os.name == "nt":  # Windows: os.kill(pid, 0) would kill it
+        return age < LOCK_STALE_S
+    try:
+        os.kill(int(text), 0)  # signal 0: only asks whether the process exists
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # it exists, under another user
+        return True
+    return True
+
+
+@contextmanager
+def _save_lock(folder: Path):
+    """Hold `.NAME.lock` (holding this process's id) while saving into `folder`; a second
+    writer gets a RuntimeError naming the first. A lock left by a killed save is taken over."""
+    lock = _sibling(folder, "lock")
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    for _ in range(3):
+        try:
+            fd = os.open(lock, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+            break
+        except FileExistsError:
+            if _lock_is_live(lock):
+                owner = lock.read_text().strip() or "?"
+                raise RuntimeError(
+                    f"{folder} is being saved by another writer (process {owner}, lock file "
+                    f"{lock}); wait for it to finish, or delete {lock} if no save is running"
+                ) from None
+            lock.unlink(missing_ok=True)  # left by a save that was killed
+    else:
+        raise RuntimeError(f"could not take the lock {lock} for saving into {folder}")
+    try:
+        with os.fdopen(fd, "w") as f:
+            f.write(str(os.getpid()))
+        yield
+    finally:
+        lock.unlink(missing_ok=True)
+
+
+def _readable(folder: Path) -> Path:
+    """Where a reader finds the newest complete checkpoint for `folder`, deleting nothing.
+
+    That is `folder` itself, except when a save stopped between its two renames (no `folder`,
+    the old one parked as `.NAME.old`): then the complete new `.NAME.saving` (or the parked
+    old one). Only `Trainer.save` tidies such leftovers up.
+    """
+    if folder.exists():
+        return folder
+    new, old = _sibling(folder, "saving"), _sibling(folder, "old")
+    if old.is_dir():
+        return new if new.is_dir() else old
+    return folder
+
+
+def _carry_over(old: Path, new: Path, link: bool = True) -> None:
+    """Hard-link (or copy) every file of `old` that is not part of a checkpoint into `new`.
+
+    `link=False` copies: the files may then be written in place (by `Trainer.save`'s `extra`)
+    without changing the old checkpoint's files through a shared hard link.
+    """
     if not old.is_dir():
         return
+    put = _link_or_copy if link else _copy
     for src in old.iterdir():
         if src.name in CHECKPOINT_FILES:
             continue
         if src.is_dir() and not src.is_symlink():
-            shutil.copytree(src, new / src.name, symlinks=True, copy_function=_link_or_copy)
+            shutil.copytree(src, new / src.name, symlinks=True, copy_function=put)
         else:
-            _link_or_copy(src, new / src.name)
+            put(src, new / src.name)
     shutil.copymode(old, new)
 
 
@@ -532,7 +648,11 @@ def _link_or_copy(src, dst) -> None:
     try:
         os.link(src, dst, follow_symlinks=False)
     except OSError:
-        shutil.copy2(src, dst, follow_symlinks=False)
+        _copy(src, dst)
+
+
+def _copy(src, dst) -> None:
+    shutil.copy2(src, dst, follow_symlinks=False)
 
 
 def _swap_in(new: Path, folder: Path) -> None:
@@ -547,6 +667,7 @@ def _swap_in(new: Path, folder: Path) -> None:
 
 def _recover(folder: Path) -> None:
     """Tidy up after an interrupted `Trainer.save`, keeping the newest complete checkpoint.
+    Called only by `Trainer.save`, holding the save lock: no other writer is active.
 
     `.NAME.saving` is complete only once `folder` has been parked as `.NAME.old`; a missing
     `folder` with a parked one means the swap stopped between its two renames.

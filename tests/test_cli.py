@@ -279,3 +279,44 @@ def test_a_broken_chars_file_is_a_clear_error(char_model, tmp_path, capsys):
     (copy / "chars.json").write_text("[not json")
     message = error(["generate", "--model", copy], capsys)
     assert "chars.json is not valid JSON" in message
+
+
+def test_an_interrupted_train_never_pairs_new_weights_with_the_old_tokenizer(
+    tmp_path, corpus, capsys, monkeypatch
+):
+    out = tmp_path / "run"
+    argv = ["train", "--corpus", corpus, "--steps", 1, "--batch-size", 2, "--out", out,
+            "--no-progress"]
+    run(argv, capsys)
+    before = {p.name: p.read_bytes() for p in out.iterdir()}
+    real = cli._save_tokenizer
+
+    def dies_after_writing_the_tokenizer(tok, folder):
+        real(tok, folder)
+        raise KeyboardInterrupt  # the process stops before the new checkpoint is in place
+
+    monkeypatch.setattr(cli, "_save_tokenizer", dies_after_writing_the_tokenizer)
+    with pytest.raises(KeyboardInterrupt):
+        main([str(a) for a in [*argv, "--overwrite", "--tokenizer", "bpe", "--vocab-size",
+                               260, "--seed", 1]])
+    assert {p.name: p.read_bytes() for p in out.iterdir()} == before  # old weights, old chars
+    monkeypatch.undo()
+    run([*argv, "--overwrite", "--tokenizer", "bpe", "--vocab-size", 260, "--seed", 1], capsys)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["corpus.txt", "run"]
+    assert load_tokenizer(out).vocab_size == load_model(out, device="cpu").config.vocab_size
+
+
+def test_train_refuses_the_working_directory_or_a_folder_of_other_files(
+    tmp_path, corpus, capsys, monkeypatch
+):
+    monkeypatch.chdir(tmp_path)
+    argv = ["train", "--corpus", corpus, "--steps", 1, "--batch-size", 2, "--no-progress"]
+    message = error([*argv, "--out", "."], capsys)
+    assert "working directory" in message and "dedicated to the checkpoint" in message
+    message = error([*argv, "--out", tmp_path], capsys)
+    assert "working directory" in message
+    (tmp_path / "mine").mkdir()
+    (tmp_path / "mine" / "notes.txt").write_text("keep me")
+    message = error([*argv, "--out", tmp_path / "mine"], capsys)
+    assert "holds other files (notes.txt)" in message
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["corpus.txt", "mine"]
