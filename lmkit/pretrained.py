@@ -162,10 +162,24 @@ def load_hf(
     otherwise a missing folder is a FileNotFoundError, never a silent trip to the Hub.
     """
     folder = _resolve(path_or_name, allow_download)
-    if not (folder / "config.json").is_file():
+    path = folder / "config.json"
+    if not path.is_file():
         raise FileNotFoundError(f"{folder} has no config.json")
-    hf = json.loads(read_text(folder / "config.json"))
-    config = config_from_hf(hf)
+    try:
+        hf = json.loads(read_text(path))
+    except json.JSONDecodeError as e:
+        raise ValueError(f"{path} is not valid JSON ({e}); restore the file written by "
+                         "save_pretrained") from None
+    if not isinstance(hf, dict):
+        raise ValueError(f"{path} should hold a JSON object (model_type, vocab_size, ...), "
+                         f"not a {type(hf).__name__}")
+    try:
+        config = config_from_hf(hf)
+    except KeyError as e:
+        raise ValueError(f"{path} has no {e.args[0]!r}, which a model_type "
+                         f"{hf['model_type']!r} config needs") from None
+    except ValueError as e:
+        raise ValueError(f"{path}: {e}") from None
     _, names_fn, prefix, ignore = LAYOUTS[hf["model_type"]]
     state, original = {}, {}  # checkpoint tensors by name without prefix; their full names
     for name, t in _read_safetensors(folder).items():
@@ -218,6 +232,11 @@ def _resolve(path_or_name: str | Path, allow_download: bool) -> Path:
     path = Path(path_or_name).expanduser()
     if path.is_dir():
         return path
+    if path.exists():
+        raise NotADirectoryError(
+            f"{str(path_or_name)!r} is a file, not a folder: load_hf takes the folder that "
+            f"holds config.json and model.safetensors (here perhaps {str(path.parent)!r})"
+        )
     name = str(path_or_name)
     looks_local = (path.is_absolute() or name.startswith((".", "~")) or name.count("/") > 1
                    or path.exists())

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import json
 import math
+import numbers
 import os
 import shutil
 import time
@@ -161,6 +162,11 @@ def clip_grad_norm(
 
     `parameters` is what torch accepts: one tensor, or a list or generator of tensors.
     """
+    if isinstance(max_norm, bool) or not isinstance(max_norm, numbers.Real) or not (
+        math.isfinite(max_norm) and max_norm > 0
+    ):
+        raise ValueError(f"max_norm must be a finite number > 0, got {max_norm!r} (a negative "
+                         "one would flip the gradient's sign; to not clip, skip the call)")
     if isinstance(parameters, Tensor):
         parameters = [parameters]  # iterating a tensor would give its rows, not the tensor
     grads = [p.grad for p in parameters if p.grad is not None]

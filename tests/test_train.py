@@ -128,6 +128,15 @@ def test_clip_grad_norm_of_a_model_and_nonfinite_gradients():
         T.clip_grad_norm(p, 1.0, error_if_nonfinite=True)
 
 
+@pytest.mark.parametrize("max_norm", [-1.0, 0.0, float("nan"), float("inf"), "1.0", True, None])
+def test_clip_grad_norm_refuses_a_max_norm_that_is_not_finite_and_positive(max_norm):
+    p = torch.nn.Parameter(torch.zeros(3))
+    p.grad = torch.tensor([3.0, 4.0, 0.0])
+    with pytest.raises(ValueError, match=r"max_norm must be a finite number > 0, got "):
+        T.clip_grad_norm([p], max_norm)
+    torch.testing.assert_close(p.grad, torch.tensor([3.0, 4.0, 0.0]))  # the sign never flips
+
+
 CUDA = torch.cuda.is_available()
 MPS = torch.backends.mps.is_available()
 
