@@ -38,7 +38,7 @@ from safetensors.torch import save_file
 from torch import Tensor, nn
 
 from lmkit.data import get_batch
-from lmkit.io import read_safetensors, read_text, write_atomic
+from lmkit.io import _fsync_folder, read_safetensors, read_text, write_atomic
 from lmkit.model import ModelConfig, TransformerLM
 
 __all__ = [
@@ -667,6 +667,7 @@ def _swap_in(new: Path, folder: Path) -> None:
     if folder.exists():
         os.replace(folder, old)
     os.replace(new, folder)  # interrupted before this line: _recover finishes the swap
+    _fsync_folder(folder.parent)  # the renames reach the disk before the old one goes
     if old.exists():
         shutil.rmtree(old)
 
