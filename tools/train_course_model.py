@@ -19,6 +19,7 @@ from __future__ import annotations
 import argparse
 import json
 import platform
+import sys
 import time
 from pathlib import Path
 
@@ -54,19 +55,27 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--out", type=Path, default=COURSE_MODEL, help="output folder")
     p.add_argument("--steps", type=int, default=TRAIN["steps"], help="training steps")
+    p.add_argument("--vocab-size", type=int, default=VOCAB_SIZE, help="BPE vocabulary size")
+    p.add_argument("--d-model", type=int, default=MODEL["d_model"], help="model width")
+    p.add_argument("--n-layers", type=int, default=MODEL["n_layers"], help="blocks")
+    p.add_argument("--n-heads", type=int, default=MODEL["n_heads"], help="attention heads")
+    p.add_argument("--lr", type=float, default=TRAIN["lr"], help="peak learning rate")
     args = p.parse_args()
+    shape = dict(vocab_size=args.vocab_size, d_model=args.d_model, n_layers=args.n_layers,
+                 n_heads=args.n_heads)
     torch.set_num_threads(1)  # reproducible, and fastest for a small model on a shared CPU
     torch.manual_seed(SEED)
     t0 = time.perf_counter()
 
     train_text, val_text = split_text()
-    tok = BPETokenizer.train(train_text, VOCAB_SIZE)
+    tok = BPETokenizer.train(train_text, args.vocab_size)
     print(f"tokenizer: {tok} trained in {time.perf_counter() - t0:.1f} s", flush=True)
     train_ids, val_ids = data.encode(tok, train_text), data.encode(tok, val_text)
     print(f"tokens: train {len(train_ids):,}, validation {len(val_ids):,}", flush=True)
 
-    model = TransformerLM(ModelConfig.gpt2(**MODEL))
-    config = TrainConfig(**{**TRAIN, "steps": args.steps})
+    model = TransformerLM(ModelConfig.gpt2(**{**MODEL, **shape}))
+    config = TrainConfig(**{**TRAIN, "steps": args.steps, "lr": args.lr,
+                            "min_lr": args.lr / 10})
     t1 = time.perf_counter()
     trainer = Trainer(model, train_ids, val_ids, config)
     history = trainer.run(progress=True)
@@ -79,10 +88,10 @@ def main() -> None:
     slice_ids = data.encode(tok, validation_slice())
     slice_loss = sequence_loss(stored, slice_ids)
     record = {
-        "command": "python tools/train_course_model.py",
+        "command": " ".join(["python", "tools/train_course_model.py", *sys.argv[1:]]),
         "seed": SEED,
         "corpus": "lmkit.data.shakespeare(): 38 plays; validation = last 10% of the characters",
-        "tokenizer": f"BPETokenizer.train(train_text, {VOCAB_SIZE}) (GPT-2 split pattern)",
+        "tokenizer": f"BPETokenizer.train(train_text, {args.vocab_size}) (GPT-2 split pattern)",
         "model_config": model.config.to_dict(),
         "train_config": config.to_dict(),
         "parameters": model.num_parameters(),
