@@ -65,7 +65,7 @@ bench: setup
 	$(BIN)/python benchmarks/train_throughput.py
 	$(BIN)/python benchmarks/decode_throughput.py
 
-## course-model: retrain the shipped model in lmkit/models/shakespeare (about 15 minutes on 2 cores)
+## course-model: retrain the shipped model in lmkit/models/shakespeare (minutes on a quiet core; 1 thread)
 course-model: setup
 	$(BIN)/python tools/train_course_model.py
 
