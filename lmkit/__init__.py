@@ -10,6 +10,7 @@
     pretrained   06  loading Hugging Face checkpoints (safetensors)
     train        07  the training loop, schedules, checkpoints, the course model
     generation   08  greedy, sampling, top-k, top-p, beam search, with a KV cache
+    io               files: one atomic writer, one safetensors reader (nothing unpickled)
     checks           the exercise checkers used by exercises/ and solutions/
 
 `lmkit.generate(model, ids, max_new_tokens, ...)` follows Hugging Face's `generate()`.
@@ -32,6 +33,7 @@ from . import (  # noqa: E402
     embeddings,
     ffn,
     generation,
+    io,
     model,
     norm,
     pretrained,
@@ -44,5 +46,5 @@ from .model import ModelConfig, TransformerLM  # noqa: E402
 __version__ = "0.1.0"
 __all__ = [
     "tokenizer", "data", "embeddings", "attention", "ffn", "norm", "model", "pretrained",
-    "train", "generation", "ModelConfig", "TransformerLM", "generate", "generate_stream",
+    "train", "generation", "io", "ModelConfig", "TransformerLM", "generate", "generate_stream",
 ]

@@ -5,8 +5,8 @@
     schedule     linear warm-up to `lr`, then cosine decay to `min_lr` at the last step
     clipping     the gradient is rescaled so that its global norm is at most `grad_clip`
     Trainer      the loop, periodic validation, a tqdm progress bar, the loss history
-    checkpoints  safetensors for tensors + JSON for the rest, written atomically;
-                 resuming from one continues the run exactly
+    checkpoints  safetensors for tensors + JSON for the rest, saved all or nothing (a new
+                 folder swapped in); resuming from one continues the run exactly
 
 A checkpoint folder holds:
 
@@ -129,6 +129,10 @@ def configure_optimizer(
 ) -> torch.optim.AdamW:
     """AdamW with two groups, as nanoGPT: decay every 2-D weight (matrices, embeddings), none
     on 1-D ones (biases, norm gains): shrinking a gain or a bias towards 0 is not regularisation.
+
+    Where PyTorch has one (CPU and CUDA float parameters), the fused AdamW kernel updates all
+    parameters in one pass: the same update as the plain loop, faster. Create the optimizer
+    after moving the model to its device.
     """
     params = [p for p in model.parameters() if p.requires_grad]  # a tied matrix appears once
     decay = [p for p in params if p.dim() >= 2]
@@ -137,7 +141,12 @@ def configure_optimizer(
         {"params": decay, "weight_decay": weight_decay},
         {"params": no_decay, "weight_decay": 0.0},
     ]
-    return torch.optim.AdamW(groups, lr=lr, betas=betas)
+    fused = bool(params) and all(
+        p.device.type in ("cpu", "cuda") and p.dtype in (torch.float32, torch.float16,
+                                                         torch.bfloat16, torch.float64)
+        for p in params
+    )
+    return torch.optim.AdamW(groups, lr=lr, betas=betas, fused=fused or None)
 
 
 def clip_grad_norm(
@@ -314,7 +323,9 @@ class Trainer:
         loads as the previous checkpoint or the new one; the next save or load removes what
         an interrupted save left behind. Other files in `folder` (a tokenizer) are kept.
         """
-        folder = Path(folder)
+        folder = Path(folder).resolve()  # a symlinked folder: swap its target, keep the link
+        if folder.exists() and not folder.is_dir():
+            raise NotADirectoryError(f"{folder} is a file; Trainer.save writes a folder")
         _recover(folder)
         opt = self.optimizer.state_dict()
         tensors = {f"state.{i}.{k}": v.detach().cpu().contiguous()
@@ -540,6 +551,7 @@ def _recover(folder: Path) -> None:
     `.NAME.saving` is complete only once `folder` has been parked as `.NAME.old`; a missing
     `folder` with a parked one means the swap stopped between its two renames.
     """
+    folder = folder.resolve()
     new, old = _sibling(folder, "saving"), _sibling(folder, "old")
     if not folder.exists() and old.exists():
         os.replace(new if new.exists() else old, folder)
