@@ -42,7 +42,7 @@ def test_stub_fails():
 @pytest.mark.parametrize("answer", [good, good_torch_style])
 def test_right_answers_pass(answer, capsys):
     ch07.check_adamw_step(answer)
-    assert "✓ adamw_step: all 5 cases passed" in capsys.readouterr().out
+    assert "✓ adamw_step: all 6 cases passed" in capsys.readouterr().out
 
 
 # ---- the catalogue: wrong answers as a student would write them, and the hint each must get
@@ -113,6 +113,14 @@ def eps_inside_sqrt(p, grad, m, v, t, lr, betas, eps, weight_decay):
     v = beta2 * v + (1 - beta2) * grad**2
     m_hat, v_hat = m / (1 - beta1**t), v / (1 - beta2**t)
     return p * (1 - lr * weight_decay) - lr * m_hat / torch.sqrt(v_hat + eps), m, v
+
+
+def adam_paper_form(p, grad, m, v, t, lr, betas, eps, weight_decay):
+    beta1, beta2 = betas  # Kingma and Ba's compact step: eps before the bias correction
+    m = beta1 * m + (1 - beta1) * grad
+    v = beta2 * v + (1 - beta2) * grad**2
+    step_size = lr * math.sqrt(1 - beta2**t) / (1 - beta1**t)
+    return p * (1 - lr * weight_decay) - step_size * m / (v.sqrt() + eps), m, v
 
 
 def no_sqrt(p, grad, m, v, t, lr, betas, eps, weight_decay):
@@ -200,6 +208,7 @@ CATALOGUE = [
     (forgot_decay, "no weight decay"),
     (decay_after_update, "weights from before this step's update"),
     (eps_inside_sqrt, "eps goes outside the square root"),
+    (adam_paper_form, "the Adam paper's compact form"),
     (no_sqrt, "not by v_hat itself"),
     (swapped_betas, "beta1 and beta2 are swapped"),
     (v_not_squared, "running mean of the SQUARED gradient: v ="),

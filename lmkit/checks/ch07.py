@@ -282,7 +282,7 @@ def _adamw_torch(p, grad, m, v, t, lr, betas, eps, weight_decay):
 
 def _adamw_variant(p, g, m, v, t, lr, betas, eps, wd, *, bias_correction=True, decay="decoupled",
                    eps_inside=False, v_from=None, swap_betas=False, t_shift=0, sqrt=True,
-                   sign=1.0, decay_after=False, old_moments=False):
+                   sign=1.0, decay_after=False, old_moments=False, eps_uncorrected=False):
     """One AdamW step written out, with switches that reproduce the typical mistakes."""
     b1, b2 = (betas[1], betas[0]) if swap_betas else betas
     if decay == "l2":  # Adam + L2: the decay goes through the gradient (and the moments)
@@ -292,7 +292,9 @@ def _adamw_variant(p, g, m, v, t, lr, betas, eps, wd, *, bias_correction=True, d
     tt = t + t_shift
     m_hat = m_new / (1 - b1 ** tt) if bias_correction else m_new
     v_hat = v_new / (1 - b2 ** tt) if bias_correction else v_new
-    if eps_inside:
+    if eps_uncorrected:  # the Adam paper's compact form: eps added before the v correction
+        denom = (torch.sqrt(v_new) + eps) / math.sqrt(1 - b2 ** tt)
+    elif eps_inside:
         denom = torch.sqrt(v_hat + eps)
     else:
         denom = (torch.sqrt(v_hat) if sqrt else v_hat) + eps
@@ -331,6 +333,10 @@ ADAMW_MISTAKES = [
     (dict(decay_after=True),
      "the decay must use the weights from before this step's update (as torch.optim.AdamW "
      "does): p = p * (1 - lr * weight_decay), then p = p - lr * m_hat / (sqrt(v_hat) + eps)"),
+    (dict(eps_uncorrected=True),
+     "you added eps to sqrt(v) before the bias correction (the Adam paper's compact form, "
+     "lr * sqrt(1 - beta2**t) / (1 - beta1**t) * m / (sqrt(v) + eps)); torch.optim.AdamW, "
+     "and this exercise, add eps after it: m_hat / (sqrt(v_hat) + eps)"),
     (dict(eps_inside=True),
      "eps goes outside the square root: m_hat / (sqrt(v_hat) + eps), not sqrt(v_hat + eps)"),
     (dict(sqrt=False),
@@ -366,6 +372,8 @@ def check_adamw_step(fn) -> None:
          2, 0.05, (0.9, 0.95), 1e-8, 0.5),
         ("step 10, no weight decay", rnd(6), rnd(6), rnd(6, scale=0.3),
          rnd(6).square() * 0.2, 10, 0.01, (0.8, 0.9), 1e-8, 0.0),
+        ("small gradients, step 3 (eps matters)", rnd(4), rnd(4, scale=1e-3),
+         rnd(4, scale=1e-3), rnd(4).square() * 1e-6, 3, 0.1, (0.9, 0.99), 1e-3, 0.1),
         ("tiny gradients (eps matters)", rnd(4), rnd(4, scale=1e-4), torch.zeros(4),
          torch.zeros(4), 1, 0.1, (0.9, 0.999), 1e-3, 0.1),
         ("large lr and decay", rnd(2, 3), rnd(2, 3, scale=3.0), rnd(2, 3),
