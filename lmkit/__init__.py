@@ -10,6 +10,7 @@
     pretrained   06  loading Hugging Face checkpoints (safetensors)
     train        07  the training loop, schedules, checkpoints, the course model
     generation   08  greedy, sampling, top-k, top-p, beam search, with a KV cache
+    inspect      11  named activations: run_with_cache, hooks (ablation, patching)
     checks           the exercise checkers used by exercises/ and solutions/
 
 `lmkit.generate(model, ids, max_new_tokens, ...)` follows Hugging Face's `generate()`.
@@ -21,6 +22,7 @@ from . import (
     embeddings,
     ffn,
     generation,
+    inspect,
     model,
     norm,
     pretrained,
@@ -33,5 +35,5 @@ from .model import ModelConfig, TransformerLM
 __version__ = "0.1.0"
 __all__ = [
     "tokenizer", "data", "embeddings", "attention", "ffn", "norm", "model", "pretrained",
-    "train", "generation", "ModelConfig", "TransformerLM", "generate", "generate_stream",
+    "train", "generation", "inspect", "ModelConfig", "TransformerLM", "generate", "generate_stream",
 ]

@@ -18,6 +18,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from lmkit.embeddings import RotaryEmbedding
+from lmkit.inspect import HookPoint
 
 __all__ = ["scaled_dot_product_attention", "causal_mask", "KVCache", "MultiHeadAttention"]
 
@@ -151,6 +152,7 @@ class MultiHeadAttention(nn.Module):
         self.v_proj = nn.Linear(d_model, kv_dim, bias=bias)
         self.o_proj = nn.Linear(d_model, d_model, bias=bias)
         self.resid_dropout = nn.Dropout(dropout)
+        self.hook_pattern = HookPoint()  # names the weights; computed only when hooked (ch. 11)
         self.rotary_emb = None
         if rope_theta is not None:
             self.rotary_emb = RotaryEmbedding(self.head_dim, context_length, rope_theta)
@@ -199,7 +201,7 @@ class MultiHeadAttention(nn.Module):
         dropout_p = self.dropout if self.training else 0.0
 
         weights = None
-        if self.use_sdpa and not return_weights:
+        if self.use_sdpa and not return_weights and not self.hook_pattern.active:
             y = F.scaled_dot_product_attention(  # (B, H, T, D)
                 q, k, v, attn_mask=None if fused_causal else mask, dropout_p=dropout_p,
                 is_causal=fused_causal,
@@ -208,6 +210,9 @@ class MultiHeadAttention(nn.Module):
             y, weights = scaled_dot_product_attention(
                 q, k, v, mask, return_weights=True, dropout_p=dropout_p
             )
+            if self.hook_pattern.active:  # lmkit.inspect reads or replaces the weights
+                weights = self.hook_pattern(weights)  # (B, H, T, Tk)
+                y = weights @ v  # (B, H, T, D)
         y = y.transpose(1, 2).reshape(B, T, C)  # (B, T, H*D) = (B, T, C)
         y = self.resid_dropout(self.o_proj(y))  # (B, T, C)
         return (y, weights) if return_weights else y
