@@ -211,8 +211,9 @@ class MultiHeadAttention(nn.Module):
                 q, k, v, mask, return_weights=True, dropout_p=dropout_p
             )
             if self.hook_pattern.active:  # lmkit.inspect reads or replaces the weights
-                weights = self.hook_pattern(weights)  # (B, H, T, Tk)
-                y = weights @ v  # (B, H, T, D)
+                hooked = self.hook_pattern(weights)  # (B, H, T, Tk)
+                if hooked is not weights:
+                    weights, y = hooked, hooked @ v  # (B, H, T, D)
         y = y.transpose(1, 2).reshape(B, T, C)  # (B, T, H*D) = (B, T, C)
         y = self.resid_dropout(self.o_proj(y))  # (B, T, C)
         return (y, weights) if return_weights else y
