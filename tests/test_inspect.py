@@ -31,16 +31,6 @@ def ids(B=2, T=11):
     return torch.randint(0, V, (B, T), generator=torch.Generator().manual_seed(0))
 
 
-def set_fast(model, flag):
-    """Fused kernels on or off, whichever name this lmkit version gives the switch."""
-    if hasattr(model, "set_fast"):
-        model.set_fast(flag)
-    else:
-        for block in model.blocks:
-            block.attn.use_sdpa = flag
-    return model
-
-
 def no_hooks_left(model):
     return all(not (m._forward_hooks or m._forward_pre_hooks) for m in model.modules())
 
@@ -68,7 +58,7 @@ def test_cache_equals_hf_hidden_states_and_attentions(tmp_path, make_hf, fast):
     torch.manual_seed(0)
     hf = perturbed(make_hf())
     hf.save_pretrained(tmp_path)
-    ours = set_fast(load_hf(tmp_path), fast)
+    ours = load_hf(tmp_path).set_fast(fast)
     x = ids()
     with torch.no_grad():
         ref = hf(x, output_hidden_states=True, output_attentions=True)
@@ -199,7 +189,7 @@ def test_logit_lens_at_the_last_layer_is_the_logits(model):
 
 @pytest.mark.parametrize("fast", [True, False])
 def test_patching_a_run_with_its_own_activations_changes_nothing(model, fast):
-    set_fast(model, fast)
+    model.set_fast(fast)
     x = ids()
     clean = model(x)
     for name in hook_names(model):
