@@ -16,7 +16,18 @@
 `lmkit.generate(model, ids, max_new_tokens, ...)` follows Hugging Face's `generate()`.
 """
 
-from . import (
+try:
+    import torch  # noqa: F401
+except ImportError as e:  # most often: the system Python rather than the course's .venv
+    import sys
+
+    raise ImportError(
+        f"lmkit needs PyTorch, which this Python ({sys.executable}) cannot import ({e}). "
+        "Use the course's environment: `.venv/bin/python -m lmkit ...`, or activate it first "
+        "(`source .venv/bin/activate`); `make setup` creates it."
+    ) from e
+
+from . import (  # noqa: E402
     attention,
     data,
     embeddings,
@@ -29,8 +40,8 @@ from . import (
     tokenizer,
     train,
 )
-from .generation import generate, generate_stream
-from .model import ModelConfig, TransformerLM
+from .generation import generate, generate_stream  # noqa: E402
+from .model import ModelConfig, TransformerLM  # noqa: E402
 
 __version__ = "0.1.0"
 __all__ = [

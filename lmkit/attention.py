@@ -48,6 +48,8 @@ def scaled_dot_product_attention(
     """softmax(q k^T / sqrt(D), masked) v for q (B, H, Tq, D), k and v (B, H, Tk, D) (chapter 03).
 
     `mask` is boolean, True where a query may attend to a key, broadcastable to (B, H, Tq, Tk).
+    A query with no key it may attend to (a left-padding position) gets all-zero weights and
+    a zero output, as in PyTorch's kernel: softmax of a row of -inf alone would be NaN.
     """
     *_, Tq, D = q.shape
     Tk = k.shape[-2]
@@ -56,6 +58,8 @@ def scaled_dot_product_attention(
         _check_mask(mask, (*scores.shape[:-2], Tq, Tk))
         scores = scores.masked_fill(~mask, float("-inf"))
     weights = torch.softmax(scores, dim=-1)  # (B, H, Tq, Tk), each row sums to 1
+    if mask is not None:
+        weights = weights.masked_fill(~mask.any(dim=-1, keepdim=True), 0.0)  # rows of NaN -> 0
     if dropout_p > 0.0:
         weights = F.dropout(weights, p=dropout_p)
     out = weights @ v  # (B, H, Tq, D)
@@ -194,7 +198,8 @@ class MultiHeadAttention(nn.Module):
 
         # plain causal attention over the whole sequence: let PyTorch's kernel build the mask
         fused_causal = self.causal and self.window is None and mask is None and T == Tk
-        if mask is not None:
+        given_mask = mask is not None  # may leave a query no key at all (left padding)
+        if given_mask:
             _check_mask(mask, (B, H, T, Tk))
         # one new query (cached decoding) sits after every key, so it may see them all
         one_step = self.causal and self.window is None and T == 1
@@ -210,6 +215,8 @@ class MultiHeadAttention(nn.Module):
                 q, k, v, attn_mask=None if fused_causal else mask, dropout_p=dropout_p,
                 is_causal=fused_causal,
             )
+            if given_mask:  # zeros for a query with no key, on every backend, as written out
+                y = y.masked_fill(~mask.any(dim=-1, keepdim=True), 0.0)
         else:
             y, weights = scaled_dot_product_attention(
                 q, k, v, mask, return_weights=True, dropout_p=dropout_p
