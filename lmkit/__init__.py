@@ -11,6 +11,7 @@
     train        07  the training loop, schedules, checkpoints, the course model
     generation   08  greedy, sampling, top-k, top-p, beam search, with a KV cache
     inspect      11  named activations: run_with_cache, hooks (ablation, patching)
+    io               files: one atomic writer, one safetensors reader (nothing unpickled)
     checks           the exercise checkers used by exercises/ and solutions/
 
 `lmkit.generate(model, ids, max_new_tokens, ...)` follows Hugging Face's `generate()`.
@@ -34,6 +35,7 @@ from . import (  # noqa: E402
     ffn,
     generation,
     inspect,
+    io,
     model,
     norm,
     pretrained,
@@ -46,5 +48,6 @@ from .model import ModelConfig, TransformerLM  # noqa: E402
 __version__ = "0.1.0"
 __all__ = [
     "tokenizer", "data", "embeddings", "attention", "ffn", "norm", "model", "pretrained",
-    "train", "generation", "inspect", "ModelConfig", "TransformerLM", "generate", "generate_stream",
+    "train", "generation", "inspect", "io", "ModelConfig", "TransformerLM", "generate",
+    "generate_stream",
 ]

@@ -101,7 +101,7 @@ def build_parser() -> argparse.ArgumentParser:
                "runs/tiny, then .venv/bin/python -m lmkit generate --model runs/tiny "
                "--prompt 'ROMEO:'",
     )
-    sub = parser.add_subparsers(dest="command", required=True, metavar="{train,generate}")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="{train,generate,doctor}")
 
     t = sub.add_parser(
         "train", help="train a model on Shakespeare (or your own text file)",
@@ -172,6 +172,12 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--seed", type=int, default=0, help="random seed for sampling (default 0)")
     g.add_argument("--device", type=_device, default="cpu", help="cpu (default), cuda or mps")
     g.set_defaults(parser=g)
+
+    d = sub.add_parser(
+        "doctor", help="check that this machine is ready for the course",
+        description="Check Python, the pinned packages, the Jupyter kernel, the corpus and model "
+                    "packages, threads, bf16 and GPU; print each problem with its fix.")
+    d.set_defaults(parser=d)
     return parser
 
 
@@ -349,6 +355,10 @@ def main(argv: list[str] | None = None) -> None:
     # errors found after parsing are reported with the sub-command's usage line
     if args.command == "train":
         cmd_train(args.parser, args)
+    elif args.command == "doctor":
+        from lmkit import doctor
+
+        raise SystemExit(doctor.main())
     else:
         cmd_generate(args.parser, args)
 

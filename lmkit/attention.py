@@ -174,7 +174,8 @@ class MultiHeadAttention(nn.Module):
         """x (B, T, C) -> (B, T, C); with `return_weights` also the (B, H, T, Tk) weights.
 
         `mask` (optional, boolean, broadcastable to (B, H, T, Tk)) is combined with the causal
-        mask, e.g. `attention_mask[:, None, None, :]` to hide padding keys.
+        mask, e.g. `attention_mask[:, None, None, :]` to hide padding keys. A query left with no
+        key at all (a left-padding position) gets a zero output on both paths, never NaN.
         """
         if x.dim() != 3 or x.shape[-1] != self.d_model:
             raise ValueError(

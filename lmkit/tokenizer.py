@@ -339,7 +339,7 @@ class BPETokenizer:
         """(ids of the start of `text` that more text cannot change, the rest of `text`)."""
         ids: list[int] = []
         pos, end = 0, len(text)
-        safe = end - hold  # a special token starting before `safe` lies wholly inside text
+        safe = max(0, end - hold)  # a special token starting before it lies wholly inside text
         while self._special_split is not None:
             m = self._special_split.search(text, pos)
             if m is None or m.start() >= safe:

@@ -5,8 +5,8 @@
     schedule     linear warm-up to `lr`, then cosine decay to `min_lr` at the last step
     clipping     the gradient is rescaled so that its global norm is at most `grad_clip`
     Trainer      the loop, periodic validation, a tqdm progress bar, the loss history
-    checkpoints  safetensors for tensors + JSON for the rest, written atomically;
-                 resuming from one continues the run exactly
+    checkpoints  safetensors for tensors + JSON for the rest, saved all or nothing (a new
+                 folder swapped in); resuming from one continues the run exactly
 
 A checkpoint folder holds:
 
@@ -314,7 +314,9 @@ class Trainer:
         loads as the previous checkpoint or the new one; the next save or load removes what
         an interrupted save left behind. Other files in `folder` (a tokenizer) are kept.
         """
-        folder = Path(folder)
+        folder = Path(folder).resolve()  # a symlinked folder: swap its target, keep the link
+        if folder.exists() and not folder.is_dir():
+            raise NotADirectoryError(f"{folder} is a file; Trainer.save writes a folder")
         _recover(folder)
         opt = self.optimizer.state_dict()
         tensors = {f"state.{i}.{k}": v.detach().cpu().contiguous()
@@ -540,6 +542,7 @@ def _recover(folder: Path) -> None:
     `.NAME.saving` is complete only once `folder` has been parked as `.NAME.old`; a missing
     `folder` with a parked one means the swap stopped between its two renames.
     """
+    folder = folder.resolve()
     new, old = _sibling(folder, "saving"), _sibling(folder, "old")
     if not folder.exists() and old.exists():
         os.replace(new if new.exists() else old, folder)

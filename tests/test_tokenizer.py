@@ -5,7 +5,7 @@ import random
 
 import pytest
 import tiktoken
-from hypothesis import given
+from hypothesis import given, settings
 from hypothesis import strategies as st
 from transformers import GPT2TokenizerFast
 
@@ -285,6 +285,16 @@ def test_every_learned_merge_is_used_when_encoding_the_training_text(special_tok
 def test_encode_iterable_equals_encode_for_any_chunking(special_tok, words, cuts):
     """Chunk boundaries anywhere (inside a word, inside a special token) change no id."""
     text = "".join(words)
+    cuts = sorted(min(c, len(text)) for c in cuts)
+    chunks = [text[a:b] for a, b in zip([0, *cuts], [*cuts, len(text)])]
+    assert list(special_tok.encode_iterable(chunks)) == special_tok.encode(text)
+
+
+@settings(max_examples=300)
+@given(st.lists(st.one_of(st.text(max_size=12), st.sampled_from(SPECIALS)), max_size=12),
+       st.lists(st.integers(0, 200), max_size=10))
+def test_encode_iterable_equals_encode_on_any_unicode(special_tok, parts, cuts):
+    text = "".join(parts)
     cuts = sorted(min(c, len(text)) for c in cuts)
     chunks = [text[a:b] for a, b in zip([0, *cuts], [*cuts, len(text)])]
     assert list(special_tok.encode_iterable(chunks)) == special_tok.encode(text)

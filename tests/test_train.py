@@ -124,10 +124,48 @@ def test_clip_grad_norm_of_a_model_and_nonfinite_gradients():
         T.clip_grad_norm(p, 1.0, error_if_nonfinite=True)
 
 
-def test_pick_device_honours_the_override_and_falls_back_to_cpu():
+CUDA = torch.cuda.is_available()
+MPS = torch.backends.mps.is_available()
+
+
+def test_pick_device_honours_the_override():
     assert T.pick_device("cpu") == torch.device("cpu")
-    if not torch.cuda.is_available() and not torch.backends.mps.is_available():
-        assert T.pick_device() == torch.device("cpu")
+    assert T.pick_device("meta") == torch.device("meta")  # whatever the machine has
+
+
+@pytest.mark.skipif(CUDA or MPS, reason="this machine has an accelerator: the tests below "
+                                        "check that pick_device chooses it")
+def test_pick_device_falls_back_to_cpu_without_an_accelerator():
+    assert T.pick_device() == torch.device("cpu")
+
+
+@pytest.mark.skipif(not CUDA, reason="no CUDA device on this machine")
+def test_on_a_cuda_machine_training_runs_on_the_gpu_and_resumes(tmp_path):
+    assert T.pick_device() == torch.device("cuda")
+    train, val = tiny_data()
+    torch.manual_seed(0)
+    t = T.Trainer(TransformerLM(tiny_config()), train, val, tcfg(steps=4, device=None))
+    assert all(p.device.type == "cuda" for p in t.model.parameters())
+    t.run(steps=2, progress=False)
+    assert all(math.isfinite(x) for x in t.history["loss"])
+    t.save(tmp_path / "ckpt")
+    assert "rng.cuda" in load_file(tmp_path / "ckpt" / "optimizer.safetensors")
+    resumed = T.Trainer.load(tmp_path / "ckpt", train, val)
+    assert resumed.step == 2 and next(resumed.model.parameters()).device.type == "cuda"
+    t.run(progress=False)
+    resumed.run(progress=False)
+    for (k, a), b in zip(t.model.state_dict().items(), resumed.model.state_dict().values()):
+        torch.testing.assert_close(a, b, msg=k)
+
+
+@pytest.mark.skipif(CUDA or not MPS, reason="no MPS device (or CUDA, which comes first)")
+def test_on_an_mps_machine_training_runs_on_mps():
+    assert T.pick_device() == torch.device("mps")
+    train, val = tiny_data()
+    t = T.Trainer(TransformerLM(tiny_config()), train, val, tcfg(steps=2, device=None))
+    assert all(p.device.type == "mps" for p in t.model.parameters())
+    t.run(progress=False)
+    assert all(math.isfinite(x) for x in t.history["loss"])
 
 
 def test_training_lowers_the_loss_and_records_history():
@@ -356,3 +394,29 @@ def test_pick_device_prefers_cuda_then_mps(monkeypatch):
     assert T.pick_device() == torch.device("mps")
     monkeypatch.setattr(torch.backends.mps, "is_available", lambda: False)
     assert T.pick_device() == torch.device("cpu")
+
+
+def test_save_through_a_symlink_keeps_the_link_and_refuses_a_file(tmp_path):
+    train, val = tiny_data()
+    torch.manual_seed(0)
+    t = T.Trainer(TransformerLM(tiny_config()), train, val, tcfg(steps=4))
+    (tmp_path / "real").mkdir()
+    (tmp_path / "link").symlink_to(tmp_path / "real")
+    t.run(steps=2, progress=False)
+    t.save(tmp_path / "link")
+    t.run(progress=False)
+    t.save(tmp_path / "link")
+    assert (tmp_path / "link").is_symlink()
+    assert T.Trainer.load(tmp_path / "real", train, val).step == 4
+    (tmp_path / "file").write_text("x")
+    with pytest.raises(NotADirectoryError, match="is a file"):
+        t.save(tmp_path / "file")
+
+
+@pytest.mark.parametrize(("content", "cause"), [(b"", "empty"), (b"\x80\x02}q\x00.", "pickle")])
+def test_model_file_that_is_not_safetensors_is_named(tmp_path, content, cause):
+    T.save_model(TransformerLM(tiny_config()), tmp_path)
+    (tmp_path / "model.safetensors").write_bytes(content)
+    with pytest.raises(ValueError, match=rf"model.safetensors is not a valid safetensors file: "
+                                         rf".*{cause}"):
+        T.load_model(tmp_path)
