@@ -96,7 +96,8 @@ course-model: setup
 ## lock: refresh requirements.lock from the current .venv
 lock: setup
 	head -2 requirements.lock > requirements.lock.new
-	$(BIN)/python -m pip freeze --exclude-editable | sed 's/^torch==\([0-9.]*\)+.*/torch==\1/' >> requirements.lock.new
+	$(BIN)/python -m pip freeze --exclude-editable \
+		$(foreach w,$(shell sed -n 's/==.*//p' requirements-models.txt),--exclude $(w)) | sed 's/^torch==\([0-9.]*\)+.*/torch==\1/' >> requirements.lock.new
 	mv requirements.lock.new requirements.lock
 
 clean:

@@ -141,6 +141,7 @@ class MultiHeadAttention(nn.Module):
         fast: bool = True,
         rope_theta: float | None = None,
         context_length: int = 2048,
+        rope_layout: str = "half",
     ):
         super().__init__()
         n_kv_heads = n_heads if n_kv_heads is None else n_kv_heads
@@ -162,7 +163,8 @@ class MultiHeadAttention(nn.Module):
         self.hook_pattern = HookPoint()  # names the weights; computed only when hooked (ch. 11)
         self.rotary_emb = None
         if rope_theta is not None:
-            self.rotary_emb = RotaryEmbedding(self.head_dim, context_length, rope_theta)
+            self.rotary_emb = RotaryEmbedding(self.head_dim, context_length, rope_theta,
+                                              rope_layout)
 
     def forward(
         self,
