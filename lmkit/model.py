@@ -27,7 +27,7 @@ from dataclasses import asdict, dataclass, fields
 import torch
 from torch import Tensor, nn
 
-from lmkit.attention import KVCache, MultiHeadAttention
+from lmkit.attention import KVCache, MultiHeadAttention, RollingKVCache
 from lmkit.embeddings import (
     ROPE_LAYOUTS,
     LearnedPositionalEmbedding,
@@ -263,7 +263,10 @@ class TransformerLM(nn.Module):
         return self
 
     def new_cache(self) -> list[KVCache]:
-        """An empty KV cache: one `KVCache` per block (chapter 08)."""
+        """An empty KV cache: one `KVCache` per block (chapter 08); with a sliding window a
+        `RollingKVCache` that keeps only the last window - 1 positions (chapter 09)."""
+        if self.config.window is not None:
+            return [RollingKVCache(self.config.window) for _ in self.blocks]
         return [KVCache() for _ in self.blocks]
 
     def forward(
