@@ -555,7 +555,8 @@ def check_save_folder(folder: str | os.PathLike) -> None:
             raise ValueError(
                 f"cannot save a checkpoint into {folder}: it holds other files ({shown}) and "
                 "is not a checkpoint folder, and Trainer.save replaces the whole folder; give "
-                "a new or empty folder dedicated to the checkpoint"
+                "a new or empty folder dedicated to the checkpoint (files to keep with it, a "
+                "tokenizer say, go in with Trainer.save(folder, extra=write_them))"
             )
 
 
