@@ -274,6 +274,9 @@ def test_mismatched_checkpoint_names_the_key_and_both_shapes(tmp_path):
 def test_missing_folder_is_a_clear_error(tmp_path):
     with pytest.raises(FileNotFoundError, match="does not exist"):
         T.load_model(tmp_path / "nope")
+    (tmp_path / "model.safetensors").write_bytes(b"")
+    with pytest.raises(NotADirectoryError, match="model.safetensors is a file, not a folder"):
+        T.load_model(tmp_path / "model.safetensors")
     with pytest.raises(FileNotFoundError, match="not a training checkpoint"):
         T.Trainer.load(tmp_path, torch.arange(100), torch.arange(100))
 
