@@ -87,6 +87,7 @@ bench: setup
 	$(BIN)/python benchmarks/bpe_training.py
 	$(BIN)/python benchmarks/train_throughput.py
 	$(BIN)/python benchmarks/decode_throughput.py
+	$(BIN)/python benchmarks/smollm2.py
 
 ## course-model: retrain the shipped model in lmkit/models/shakespeare (about 15 minutes on 2 cores)
 course-model: setup
