@@ -85,7 +85,7 @@ wheels: setup
 ## bench: speed measurements against references (prints ratios; takes a few minutes)
 bench: setup
 	$(BIN)/python benchmarks/bpe_training.py
-	$(BIN)/python benchmarks/train_throughput.py
+	$(BIN)/python benchmarks/throughput.py
 	$(BIN)/python benchmarks/decode_throughput.py
 	$(BIN)/python benchmarks/smollm2.py
 

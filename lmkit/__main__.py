@@ -21,7 +21,7 @@ from pathlib import Path
 
 import torch
 
-from lmkit import data
+from lmkit import data, io
 from lmkit.generation import generate, generate_stream
 from lmkit.model import ModelConfig, TransformerLM
 from lmkit.tokenizer import BPETokenizer, CharTokenizer
@@ -195,13 +195,16 @@ def _read_corpus(parser: argparse.ArgumentParser, corpus: str) -> str:
     if not path.is_file():
         parser.error(f"--corpus {corpus!r} is neither 'shakespeare', a play name (see "
                      "lmkit.data.plays()), nor an existing text file")
-    return path.read_text(encoding="utf-8")
+    try:
+        return io.read_text(path)
+    except ValueError as e:
+        parser.error(f"--corpus: {e}")
 
 
 def _save_tokenizer(tok, folder: Path) -> None:
     """Write the tokenizer and remove the other kind's files (left by an overwritten run)."""
     if isinstance(tok, CharTokenizer):
-        (folder / CHARS_FILE).write_text(json.dumps(tok.chars, ensure_ascii=False), "utf-8")
+        io.write_atomic(folder / CHARS_FILE, json.dumps(tok.chars, ensure_ascii=False))
         stale = BPE_FILES
     else:
         tok.save(folder)
@@ -212,8 +215,15 @@ def _save_tokenizer(tok, folder: Path) -> None:
 
 def load_tokenizer(folder: Path):
     """The tokenizer saved beside a model: chars.json (character-level) or vocab.json+merges.txt."""
-    if (folder / CHARS_FILE).is_file():
-        chars = json.loads((folder / CHARS_FILE).read_text("utf-8"))
+    path = folder / CHARS_FILE
+    if path.is_file():
+        try:
+            chars = json.loads(io.read_text(path))
+        except json.JSONDecodeError as e:
+            raise ValueError(f"{path} is not valid JSON ({e}); retrain the model or restore "
+                             "the file") from None
+        if not isinstance(chars, list) or not all(isinstance(c, str) for c in chars):
+            raise ValueError(f"{path} should hold a JSON list of characters")
         return CharTokenizer("".join(chars))
     return BPETokenizer.load(folder)
 
@@ -319,8 +329,8 @@ def cmd_generate(parser: argparse.ArgumentParser, args: argparse.Namespace) -> N
                          "and --slide")
         return generate_smollm2(args, _sampling_options(parser, args))
     if not folder.is_dir():
-        parser.error(f"--model {folder}: no such folder (train one with `.venv/bin/python -m lmkit train "
-                     "--out FOLDER`, or leave --model out to use the course model)")
+        parser.error(f"--model {folder}: no such folder (train one with `.venv/bin/python -m "
+                     "lmkit train --out FOLDER`, or leave --model out to use the course model)")
     if not (folder / "model.safetensors").is_file() or not (folder / "config.json").is_file():
         parser.error(f"--model {folder}: not a model folder (it needs config.json and "
                      "model.safetensors)")
@@ -330,6 +340,8 @@ def cmd_generate(parser: argparse.ArgumentParser, args: argparse.Namespace) -> N
     except FileNotFoundError:
         parser.error(f"--model {folder}: no tokenizer found (chars.json, or vocab.json and "
                      "merges.txt)")
+    except ValueError as e:
+        parser.error(f"--model {folder}: {e}")
     try:
         ids = tok.encode(args.prompt)
     except ValueError as e:
