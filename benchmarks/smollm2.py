@@ -51,6 +51,7 @@ def main() -> None:
                         help="torch threads (default: PyTorch's choice)")
     args = parser.parse_args()
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    os.environ.setdefault("TQDM_DISABLE", "1")  # the GGUF loader's own progress bar
     if args.threads:
         torch.set_num_threads(args.threads)
     import transformers

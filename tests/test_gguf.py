@@ -151,3 +151,8 @@ def test_load_smollm2_config_and_dtype():
     for name, i in [("<|endoftext|>", 0), ("<|im_start|>", 1), ("<|im_end|>", 2)]:
         assert tok.encode(name) == [i]
     assert tok.eos_token_id == 2
+    from lmkit import generate
+
+    ids = torch.tensor([tok.encode("The capital of France is")])
+    out = generate(model, ids, 3)  # bf16 weights generate with the KV cache too
+    assert "Paris" in tok.decode(out[0, ids.shape[1]:].tolist())
