@@ -142,7 +142,8 @@ def read_gguf(path: str | Path) -> GGUFFile:
     """Parse a GGUF file: its metadata as a dict and its tensors as raw bytes (chapter 09)."""
     path = Path(path)
     if not path.is_file():
-        raise FileNotFoundError(f"{path} does not exist")
+        raise FileNotFoundError(f"{path} is a folder, not a GGUF file" if path.is_dir()
+                                else f"{path} does not exist")
     with open(path, "rb") as f:
         buf = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) if path.stat().st_size else b""
     r = _Reader(buf, path)

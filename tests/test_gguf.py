@@ -156,3 +156,16 @@ def test_load_smollm2_config_and_dtype():
     ids = torch.tensor([tok.encode("The capital of France is")])
     out = generate(model, ids, 3)  # bf16 weights generate with the KV cache too
     assert "Paris" in tok.decode(out[0, ids.shape[1]:].tolist())
+
+
+def test_bad_arguments_are_clear_errors(tmp_path):
+    with pytest.raises(FileNotFoundError, match="is a folder"):
+        read_gguf(tmp_path)
+    with pytest.raises(ValueError, match="dtype must be"):
+        pretrained.load_gguf(PATH, dtype=torch.int8)
+
+
+def test_chat_tokenizer_refuses_to_save_what_it_cannot_load(ours, tmp_path):
+    tok = pretrained.gguf_tokenizer(ours.metadata, PATH)
+    with pytest.raises(NotImplementedError, match="load_gguf"):
+        tok.save(tmp_path)
