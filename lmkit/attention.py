@@ -133,7 +133,7 @@ class RollingKVCache(KVCache):
 
     def __init__(self, window: int):
         super().__init__()
-        if not isinstance(window, int) or window < 1:
+        if not isinstance(window, int) or isinstance(window, bool) or window < 1:
             raise ValueError(f"window must be a positive number of positions, got {window!r}")
         self.window, self.seen = window, 0
 

@@ -36,7 +36,8 @@ def merge_softmax_blocks(
     Each part was computed relative to its own max; both are rescaled to the common max m.
     """
     m = torch.maximum(m1, m2)  # (..., Tq, 1)
-    a1, a2 = torch.exp(m1 - m), torch.exp(m2 - m)  # how much each part shrinks
+    safe = m.clamp_min(torch.finfo(m.dtype).min)  # two empty parts (-inf): no nan, sums stay 0
+    a1, a2 = torch.exp(m1 - safe), torch.exp(m2 - safe)  # how much each part shrinks
     return m, a1 * l1 + a2 * l2, a1 * o1 + a2 * o2
 
 
@@ -49,6 +50,13 @@ def blockwise_attention(
     With `causal`, the Tq queries are the last Tq of the Tk positions (as with a KV cache);
     key blocks entirely in a query block's future are skipped, never computed.
     """
+    if not (isinstance(block_q, int) and isinstance(block_k, int) and block_q > 0
+            and block_k > 0):
+        raise ValueError(f"block sizes must be positive integers, got block_q={block_q!r}, "
+                         f"block_k={block_k!r}")
+    if q.dim() < 2 or q.shape[:-2] != k.shape[:-2] or k.shape[:-2] != v.shape[:-2]:
+        raise ValueError(f"q, k and v need the same leading (B, H) dimensions, got "
+                         f"{tuple(q.shape)}, {tuple(k.shape)}, {tuple(v.shape)}")
     if q.shape[-1] != k.shape[-1] or k.shape[-2] != v.shape[-2]:
         raise ValueError(f"shapes do not fit: q {tuple(q.shape)}, k {tuple(k.shape)}, "
                          f"v {tuple(v.shape)}")

@@ -71,6 +71,15 @@ class ChatTokenizer(BPETokenizer):
                 ids.extend(super().encode_ordinary(part))
         return ids
 
+    def save(self, directory) -> None:
+        """Not supported: GPT-2's vocab.json/merges.txt have no place for the chat template,
+        the digit split or the missing bytes, so the saved folder would load as a different
+        tokenizer. Keep the GGUF file instead: `lmkit.pretrained.load_gguf` rebuilds it."""
+        raise NotImplementedError(
+            "ChatTokenizer cannot be saved as GPT-2 files without losing its chat template, "
+            "digit splitting and missing bytes; load it again from the GGUF file with "
+            "lmkit.pretrained.load_gguf(path) (or load_smollm2())")
+
     def apply_chat_template(self, messages: list[dict[str, str]],
                             add_generation_prompt: bool = True) -> str:
         """The conversation as the model saw it in training: the template rendered as HF does.

@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import mmap
 import struct
-import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -142,7 +141,8 @@ def read_gguf(path: str | Path) -> GGUFFile:
     """Parse a GGUF file: its metadata as a dict and its tensors as raw bytes (chapter 09)."""
     path = Path(path)
     if not path.is_file():
-        raise FileNotFoundError(f"{path} does not exist")
+        raise FileNotFoundError(f"{path} is a folder, not a GGUF file" if path.is_dir()
+                                else f"{path} does not exist")
     with open(path, "rb") as f:
         buf = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) if path.stat().st_size else b""
     r = _Reader(buf, path)
@@ -196,48 +196,54 @@ def read_gguf(path: str | Path) -> GGUFFile:
 
 
 # ----------------------------------------------------------------------------- block formats
-# Each function takes a tensor's raw bytes (a uint8 torch tensor) and returns float32 numbers.
+# Each function takes a tensor's raw bytes (uint8, numpy) and returns its float32 numbers.
+# numpy runs them on one core, so loading stays fast on a machine busy with other work.
 
 
-def _f16(two_bytes: Tensor) -> Tensor:
+def _f16(two_bytes: np.ndarray) -> np.ndarray:
     """(n, 2) uint8 -> (n, 1) float32: the float16 stored in each row's two bytes."""
-    return two_bytes.contiguous().view(torch.float16).float()
+    return np.ascontiguousarray(two_bytes).view(np.float16).astype(np.float32)
 
 
-def dequantize_q8_0(raw: Tensor) -> Tensor:
+def dequantize_q8_0(raw: np.ndarray) -> np.ndarray:
     """Q8_0: blocks of 34 bytes = a float16 scale d, then 32 int8 q; x = q * d."""
-    blocks = raw.view(-1, 34)  # (n_blocks, 34)
+    blocks = raw.reshape(-1, 34)  # (n_blocks, 34)
     d = _f16(blocks[:, :2])  # (n_blocks, 1)
-    q = blocks[:, 2:].view(torch.int8).float()  # (n_blocks, 32)
-    return (q * d).view(-1)
+    q = blocks[:, 2:].view(np.int8).astype(np.float32)  # (n_blocks, 32)
+    return (q * d).reshape(-1)
 
 
-def dequantize_q4_1(raw: Tensor) -> Tensor:
+def dequantize_q4_1(raw: np.ndarray) -> np.ndarray:
     """Q4_1: blocks of 20 bytes = float16 scale d, float16 minimum m, 16 bytes of 4-bit q.
 
     Byte j holds weight j in its low 4 bits and weight j + 16 in its high 4 bits;
     x = d * q + m, so the 16 levels q = 0..15 span [m, m + 15 d].
     """
-    blocks = raw.view(-1, 20)  # (n_blocks, 20)
+    blocks = raw.reshape(-1, 20)  # (n_blocks, 20)
     d, m = _f16(blocks[:, 0:2]), _f16(blocks[:, 2:4])  # (n_blocks, 1) each
     packed = blocks[:, 4:]  # (n_blocks, 16)
-    q = torch.cat((packed & 0x0F, packed >> 4), dim=1).float()  # (n_blocks, 32)
-    return (d * q + m).view(-1)
+    q = np.concatenate((packed & 0x0F, packed >> 4), axis=1).astype(np.float32)  # (n_blocks, 32)
+    return (d * q + m).reshape(-1)
 
 
-def dequantize_q4_0(raw: Tensor) -> Tensor:
+def dequantize_q4_0(raw: np.ndarray) -> np.ndarray:
     """Q4_0: blocks of 18 bytes = float16 scale d, 16 bytes of 4-bit q; x = (q - 8) * d."""
-    blocks = raw.view(-1, 18)
+    blocks = raw.reshape(-1, 18)
     d = _f16(blocks[:, 0:2])
     packed = blocks[:, 2:]
-    q = torch.cat((packed & 0x0F, packed >> 4), dim=1).float() - 8  # (n_blocks, 32)
-    return (q * d).view(-1)
+    q = np.concatenate((packed & 0x0F, packed >> 4), axis=1).astype(np.float32) - 8
+    return (q * d).reshape(-1)
+
+
+def _bf16(raw: np.ndarray) -> np.ndarray:
+    """bfloat16 is the top half of a float32: shift its 16 bits up."""
+    return (raw.view(np.uint16).astype(np.uint32) << 16).view(np.float32)
 
 
 _DEQUANTIZE = {
-    "F32": lambda raw: raw.view(torch.float32).clone(),
-    "F16": lambda raw: raw.view(torch.float16).float(),
-    "BF16": lambda raw: raw.view(torch.bfloat16).float(),
+    "F32": lambda raw: raw.view(np.float32),
+    "F16": lambda raw: raw.view(np.float16).astype(np.float32),
+    "BF16": _bf16,
     "Q4_0": dequantize_q4_0,
     "Q4_1": dequantize_q4_1,
     "Q8_0": dequantize_q8_0,
@@ -246,10 +252,10 @@ _DEQUANTIZE = {
 
 def dequantize(tensor: GGUFTensor) -> Tensor:
     """A tensor's numbers as a float32 torch tensor in its PyTorch shape (chapter 09)."""
-    with warnings.catch_warnings():  # the bytes are read-only (a memory map); we only read them
-        warnings.simplefilter("ignore", UserWarning)
-        raw = torch.from_numpy(tensor.data)
-    return _DEQUANTIZE[tensor.type_name](raw).view(tensor.shape)
+    numbers = _DEQUANTIZE[tensor.type_name](tensor.data).reshape(tensor.shape)
+    out = torch.empty(tensor.shape, dtype=torch.float32)  # PyTorch's own, aligned memory
+    out.numpy()[...] = numbers
+    return out
 
 
 def quantize_q4_1(x: np.ndarray) -> np.ndarray:

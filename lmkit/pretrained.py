@@ -358,6 +358,9 @@ def load_gguf(path: str | Path, dtype: torch.dtype = torch.float32,
     from lmkit.embeddings import convert_rope_layout
     from lmkit.gguf import dequantize, read_gguf
 
+    if dtype not in (torch.float32, torch.bfloat16, torch.float16, torch.float64):
+        raise ValueError(f"dtype must be a floating torch dtype such as torch.float32 or "
+                         f"torch.bfloat16, got {dtype!r}")
     path = Path(path)
     f = read_gguf(path)
     config = _gguf_config(f.metadata, path, rope_layout)

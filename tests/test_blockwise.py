@@ -80,3 +80,17 @@ def test_sliding_window_model_with_rolling_cache_equals_full_recompute(window):
     keep = causal_mask(T, window=window)[None, None]  # (1, 1, T, T)
     with torch.no_grad():
         torch.testing.assert_close(unwindowed(ids, mask=keep), full, atol=1e-5, rtol=1e-5)
+
+
+def test_blockwise_rejects_bad_blocks_and_shapes():
+    q = torch.randn(1, 2, 8, 4)
+    with pytest.raises(ValueError, match="block sizes must be positive"):
+        blockwise_attention(q, q, q, block_q=0)
+    with pytest.raises(ValueError, match="same leading"):
+        blockwise_attention(q, torch.randn(2, 2, 8, 4), torch.randn(2, 2, 8, 4))
+    empty = torch.full((1, 1), float("-inf"))
+    m, l, o = merge_softmax_blocks(empty, torch.zeros(1, 1), torch.zeros(1, 3),  # noqa: E741
+                                   empty, torch.zeros(1, 1), torch.zeros(1, 3))
+    assert not l.isnan().any() and not o.isnan().any()
+    with pytest.raises(ValueError, match="window"):
+        RollingKVCache(True)

@@ -146,8 +146,28 @@ def test_load_smollm2_config_and_dtype():
     assert model.lm_head.weight is model.tok_emb.weight
     assert {p.dtype for p in model.parameters()} == {torch.bfloat16}
     assert not model.training
-    assert model.num_parameters() == 134_515_008
+    V, C, F, kv = 49152, 576, 1536, 3 * 64  # the sizes in the file's metadata
+    per_layer = 2 * C * C + 2 * C * kv + 3 * C * F + 2 * C  # q, o; k, v; SwiGLU; two norms
+    assert model.num_parameters() == V * C + 30 * per_layer + C  # tied head, final norm
     assert tok.vocab_size == 49152
     for name, i in [("<|endoftext|>", 0), ("<|im_start|>", 1), ("<|im_end|>", 2)]:
         assert tok.encode(name) == [i]
     assert tok.eos_token_id == 2
+    from lmkit import generate
+
+    ids = torch.tensor([tok.encode("The capital of France is")])
+    out = generate(model, ids, 3)  # bf16 weights generate with the KV cache too
+    assert "Paris" in tok.decode(out[0, ids.shape[1]:].tolist())
+
+
+def test_bad_arguments_are_clear_errors(tmp_path):
+    with pytest.raises(FileNotFoundError, match="is a folder"):
+        read_gguf(tmp_path)
+    with pytest.raises(ValueError, match="dtype must be"):
+        pretrained.load_gguf(PATH, dtype=torch.int8)
+
+
+def test_chat_tokenizer_refuses_to_save_what_it_cannot_load(ours, tmp_path):
+    tok = pretrained.gguf_tokenizer(ours.metadata, PATH)
+    with pytest.raises(NotImplementedError, match="load_gguf"):
+        tok.save(tmp_path)

@@ -47,8 +47,8 @@ def hf_tokenizer():
 
 
 @pytest.fixture(scope="module")
-def ours():
-    return pretrained.load_smollm2()
+def ours(smollm2):
+    return smollm2
 
 
 def hf_ids(tok, text):
