@@ -64,6 +64,7 @@ bench: setup
 	$(BIN)/python benchmarks/bpe_training.py
 	$(BIN)/python benchmarks/train_throughput.py
 	$(BIN)/python benchmarks/decode_throughput.py
+	$(BIN)/python benchmarks/scaling.py
 
 ## course-model: retrain the shipped model in models/shakespeare (about 15 minutes on 2 cores)
 course-model: setup
