@@ -66,7 +66,7 @@ bench: setup
 	$(BIN)/python benchmarks/decode_throughput.py
 	$(BIN)/python benchmarks/scaling.py
 
-## course-model: retrain the shipped model in models/shakespeare (about 15 minutes on 2 cores)
+## course-model: retrain the shipped model in lmkit/models/shakespeare (about 15 minutes on 2 cores)
 course-model: setup
 	$(BIN)/python tools/train_course_model.py
 

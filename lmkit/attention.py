@@ -3,7 +3,8 @@
 - `scaled_dot_product_attention`: softmax(q k^T / sqrt(D)) v written out, one line per step.
 - `causal_mask`: who may attend to whom; True = may attend.
 - `MultiHeadAttention`: q/k/v/o projections (HF names), multi-head, grouped-query (GQA/MQA),
-  sliding window, RoPE, and PyTorch's fused kernel behind one flag (`use_sdpa`).
+  sliding window, RoPE, and PyTorch's fused kernel behind one flag (`fast`, default True;
+  `fast=False` runs the written-out `scaled_dot_product_attention` of chapter 03).
 - `KVCache`: the keys and values of one layer, grown one step at a time while decoding.
 
 Shapes: B batch, T time (query length), Tk key length, C channels, H heads, D head dim.
@@ -46,6 +47,8 @@ def scaled_dot_product_attention(
     """softmax(q k^T / sqrt(D), masked) v for q (B, H, Tq, D), k and v (B, H, Tk, D) (chapter 03).
 
     `mask` is boolean, True where a query may attend to a key, broadcastable to (B, H, Tq, Tk).
+    A query with no key it may attend to (a left-padding position) gets all-zero weights and
+    a zero output, as in PyTorch's kernel: softmax of a row of -inf alone would be NaN.
     """
     *_, Tq, D = q.shape
     Tk = k.shape[-2]
@@ -54,6 +57,8 @@ def scaled_dot_product_attention(
         _check_mask(mask, (*scores.shape[:-2], Tq, Tk))
         scores = scores.masked_fill(~mask, float("-inf"))
     weights = torch.softmax(scores, dim=-1)  # (B, H, Tq, Tk), each row sums to 1
+    if mask is not None:
+        weights = weights.masked_fill(~mask.any(dim=-1, keepdim=True), 0.0)  # rows of NaN -> 0
     if dropout_p > 0.0:
         weights = F.dropout(weights, p=dropout_p)
     out = weights @ v  # (B, H, Tq, D)
@@ -119,6 +124,8 @@ class MultiHeadAttention(nn.Module):
     """Multi-head self-attention with GQA, sliding window, RoPE and a KV cache (ch. 03, 08, 09).
 
     n_kv_heads < n_heads shares each key/value head among n_heads // n_kv_heads query heads.
+    `fast=True` (the default) uses `F.scaled_dot_product_attention`; `fast=False`, and any call
+    with `return_weights=True`, the written-out `scaled_dot_product_attention` above.
     """
 
     def __init__(
@@ -130,7 +137,7 @@ class MultiHeadAttention(nn.Module):
         causal: bool = True,
         dropout: float = 0.0,
         window: int | None = None,
-        use_sdpa: bool = False,
+        fast: bool = True,
         rope_theta: float | None = None,
         context_length: int = 2048,
     ):
@@ -144,7 +151,7 @@ class MultiHeadAttention(nn.Module):
             raise ValueError("a sliding window needs causal=True")
         self.d_model, self.n_heads, self.n_kv_heads = d_model, n_heads, n_kv_heads
         self.head_dim = d_model // n_heads
-        self.causal, self.window, self.use_sdpa, self.dropout = causal, window, use_sdpa, dropout
+        self.causal, self.window, self.fast, self.dropout = causal, window, fast, dropout
         kv_dim = n_kv_heads * self.head_dim
         self.q_proj = nn.Linear(d_model, d_model, bias=bias)
         self.k_proj = nn.Linear(d_model, kv_dim, bias=bias)
@@ -165,7 +172,8 @@ class MultiHeadAttention(nn.Module):
         """x (B, T, C) -> (B, T, C); with `return_weights` also the (B, H, T, Tk) weights.
 
         `mask` (optional, boolean, broadcastable to (B, H, T, Tk)) is combined with the causal
-        mask, e.g. `attention_mask[:, None, None, :]` to hide padding keys.
+        mask, e.g. `attention_mask[:, None, None, :]` to hide padding keys. A query left with no
+        key at all (a left-padding position) gets a zero output on both paths, never NaN.
         """
         if x.dim() != 3 or x.shape[-1] != self.d_model:
             raise ValueError(
@@ -189,7 +197,8 @@ class MultiHeadAttention(nn.Module):
 
         # plain causal attention over the whole sequence: let PyTorch's kernel build the mask
         fused_causal = self.causal and self.window is None and mask is None and T == Tk
-        if mask is not None:
+        given_mask = mask is not None  # may leave a query no key at all (left padding)
+        if given_mask:
             _check_mask(mask, (B, H, T, Tk))
         # one new query (cached decoding) sits after every key, so it may see them all
         one_step = self.causal and self.window is None and T == 1
@@ -199,11 +208,13 @@ class MultiHeadAttention(nn.Module):
         dropout_p = self.dropout if self.training else 0.0
 
         weights = None
-        if self.use_sdpa and not return_weights:
+        if self.fast and not return_weights:  # the weights need the written-out path
             y = F.scaled_dot_product_attention(  # (B, H, T, D)
                 q, k, v, attn_mask=None if fused_causal else mask, dropout_p=dropout_p,
                 is_causal=fused_causal,
             )
+            if given_mask:  # zeros for a query with no key, on every backend, as written out
+                y = y.masked_fill(~mask.any(dim=-1, keepdim=True), 0.0)
         else:
             y, weights = scaled_dot_product_attention(
                 q, k, v, mask, return_weights=True, dropout_p=dropout_p
@@ -217,5 +228,5 @@ class MultiHeadAttention(nn.Module):
         return (
             f"n_heads={self.n_heads}, n_kv_heads={self.n_kv_heads}, head_dim={self.head_dim}, "
             f"causal={self.causal}, window={self.window}, rope_theta={rope}, "
-            f"use_sdpa={self.use_sdpa}"
+            f"fast={self.fast}"
         )

@@ -5,8 +5,9 @@ writes). We read the config into a `ModelConfig`, build a `TransformerLM`, and c
 tensor through a name table: (lmkit name, checkpoint name, transform). Supporting another
 layout means one config function and one name table in `LAYOUTS`.
 
-Safetensors only: no pickle is ever loaded. The Hub is tried only for a name that is not a
-local folder, and only if `huggingface_hub` is installed.
+Safetensors only: no pickle is ever loaded. Nothing is downloaded unless the caller asks with
+`allow_download=True` (then a name that is not a local folder is fetched from the Hugging Face
+Hub, if `huggingface_hub` is installed).
 """
 
 from __future__ import annotations
@@ -17,9 +18,9 @@ from collections.abc import Callable
 from pathlib import Path
 
 import torch
-from safetensors.torch import load_file
 from torch import Tensor
 
+from lmkit.io import read_safetensors, read_text
 from lmkit.model import ModelConfig, TransformerLM
 
 __all__ = ["load_hf", "config_from_hf", "LAYOUTS"]
@@ -146,15 +147,22 @@ def config_from_hf(hf: dict) -> ModelConfig:
     return LAYOUTS[kind][0](hf)
 
 
-def load_hf(path_or_name: str | Path, dtype: torch.dtype = torch.float32) -> TransformerLM:
+def load_hf(
+    path_or_name: str | Path,
+    dtype: torch.dtype = torch.float32,
+    *,
+    allow_download: bool = False,
+) -> TransformerLM:
     """A `TransformerLM` in eval mode with the weights of a Hugging Face checkpoint (ch. 06).
 
-    `path_or_name`: a folder with config.json + model.safetensors, or a Hub name (online).
+    `path_or_name`: a folder with config.json + model.safetensors. A Hub name such as
+    "gpt2" is downloaded (or taken from the HF cache) only with `allow_download=True`;
+    otherwise a missing folder is a FileNotFoundError, never a silent trip to the Hub.
     """
-    folder = _resolve(path_or_name)
+    folder = _resolve(path_or_name, allow_download)
     if not (folder / "config.json").is_file():
         raise FileNotFoundError(f"{folder} has no config.json")
-    hf = json.loads((folder / "config.json").read_text())
+    hf = json.loads(read_text(folder / "config.json"))
     config = config_from_hf(hf)
     _, names_fn, prefix, ignore = LAYOUTS[hf["model_type"]]
     state, original = {}, {}  # checkpoint tensors by name without prefix; their full names
@@ -192,25 +200,33 @@ def load_hf(path_or_name: str | Path, dtype: torch.dtype = torch.float32) -> Tra
 
 def _read_safetensors(folder: Path) -> dict[str, Tensor]:
     if (folder / "model.safetensors").is_file():
-        return load_file(folder / "model.safetensors")
+        return read_safetensors(folder / "model.safetensors")[0]
     index = folder / "model.safetensors.index.json"
     if index.is_file():  # a sharded checkpoint: weight_map says which file holds each tensor
         state = {}
-        for shard in sorted(set(json.loads(index.read_text())["weight_map"].values())):
-            state.update(load_file(folder / shard))
+        for shard in sorted(set(json.loads(read_text(index))["weight_map"].values())):
+            state.update(read_safetensors(folder / shard)[0])
         return state
     raise FileNotFoundError(f"{folder} has no model.safetensors (lmkit reads safetensors only, "
                             "never pickled pytorch_model.bin files)")
 
 
-def _resolve(path_or_name: str | Path) -> Path:
-    """A local folder as is; otherwise a Hub name, downloaded (or taken from the HF cache)."""
+def _resolve(path_or_name: str | Path, allow_download: bool) -> Path:
+    """A local folder as is; a Hub name downloaded (or taken from the HF cache) only if allowed."""
     path = Path(path_or_name).expanduser()
     if path.is_dir():
         return path
     name = str(path_or_name)
-    if path.is_absolute() or name.startswith((".", "~")) or name.count("/") > 1 or path.exists():
-        raise FileNotFoundError(f"{name!r} is not a folder with config.json and model.safetensors")
+    looks_local = (path.is_absolute() or name.startswith((".", "~")) or name.count("/") > 1
+                   or path.exists())
+    if not allow_download or looks_local:
+        hint = ("" if looks_local else
+                f"; if {name!r} is a Hugging Face Hub name, pass allow_download=True to "
+                "download it (or load it from the HF cache)")
+        raise FileNotFoundError(
+            f"{name!r} is not a folder with config.json and model.safetensors: no such folder "
+            f"{str(path.absolute())!r}{hint}"
+        )
     try:
         from huggingface_hub import snapshot_download
 
