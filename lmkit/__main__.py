@@ -24,7 +24,7 @@ from pathlib import Path
 
 import torch
 
-from lmkit import data, distributed
+from lmkit import data, distributed, io
 from lmkit.generation import generate, generate_stream
 from lmkit.model import ModelConfig, TransformerLM
 from lmkit.tokenizer import BPETokenizer, CharTokenizer
@@ -104,7 +104,7 @@ def build_parser() -> argparse.ArgumentParser:
                "runs/tiny, then .venv/bin/python -m lmkit generate --model runs/tiny "
                "--prompt 'ROMEO:'",
     )
-    sub = parser.add_subparsers(dest="command", required=True, metavar="{train,generate}")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="{train,generate,chat,doctor}")
 
     t = sub.add_parser(
         "train", help="train a model on Shakespeare (or your own text file)",
@@ -153,7 +153,8 @@ def build_parser() -> argparse.ArgumentParser:
     )
     g.add_argument("--model", type=Path, default=COURSE_MODEL,
                    help="model folder (default: the course model shipped with lmkit, "
-                        "lmkit/models/shakespeare, a 128-token context window)")
+                        "lmkit/models/shakespeare, a 128-token context window), or "
+                        "'smollm2' for SmolLM2-135M-Instruct (chapter 09)")
     g.add_argument("--prompt", default="\n", help="text to continue (default: a newline)")
     g.add_argument("--max-new-tokens", type=_positive_int, default=None,
                    help=f"tokens to generate (default: {DEFAULT_NEW_TOKENS}, or as many as the "
@@ -176,6 +177,16 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--seed", type=int, default=0, help="random seed for sampling (default 0)")
     g.add_argument("--device", type=_device, default="cpu", help="cpu (default), cuda or mps")
     g.set_defaults(parser=g)
+
+    from lmkit.chat import add_chat_parser  # chapter 09: SmolLM2-Instruct
+
+    add_chat_parser(sub)
+
+    d = sub.add_parser(
+        "doctor", help="check that this machine is ready for the course",
+        description="Check Python, the pinned packages, the Jupyter kernel, the corpus and model "
+                    "packages, threads, bf16 and GPU; print each problem with its fix.")
+    d.set_defaults(parser=d)
     return parser
 
 
@@ -225,13 +236,16 @@ def _read_corpus(parser: argparse.ArgumentParser, corpus: str) -> str:
     if not path.is_file():
         parser.error(f"--corpus {corpus!r} is neither 'shakespeare', a play name (see "
                      "lmkit.data.plays()), nor an existing text file")
-    return path.read_text(encoding="utf-8")
+    try:
+        return io.read_text(path)
+    except ValueError as e:
+        parser.error(f"--corpus: {e}")
 
 
 def _save_tokenizer(tok, folder: Path) -> None:
     """Write the tokenizer and remove the other kind's files (left by an overwritten run)."""
     if isinstance(tok, CharTokenizer):
-        (folder / CHARS_FILE).write_text(json.dumps(tok.chars, ensure_ascii=False), "utf-8")
+        io.write_atomic(folder / CHARS_FILE, json.dumps(tok.chars, ensure_ascii=False))
         stale = BPE_FILES
     else:
         tok.save(folder)
@@ -242,8 +256,15 @@ def _save_tokenizer(tok, folder: Path) -> None:
 
 def load_tokenizer(folder: Path):
     """The tokenizer saved beside a model: chars.json (character-level) or vocab.json+merges.txt."""
-    if (folder / CHARS_FILE).is_file():
-        chars = json.loads((folder / CHARS_FILE).read_text("utf-8"))
+    path = folder / CHARS_FILE
+    if path.is_file():
+        try:
+            chars = json.loads(io.read_text(path))
+        except json.JSONDecodeError as e:
+            raise ValueError(f"{path} is not valid JSON ({e}); retrain the model or restore "
+                             "the file") from None
+        if not isinstance(chars, list) or not all(isinstance(c, str) for c in chars):
+            raise ValueError(f"{path} should hold a JSON list of characters")
         return CharTokenizer("".join(chars))
     return BPETokenizer.load(folder)
 
@@ -356,9 +377,16 @@ def _print_stream(tok, ids: list[int], steps) -> list[int]:
 
 def cmd_generate(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
     folder = args.model
+    if str(folder) == "smollm2" and not folder.is_dir():  # the pretrained model of chapter 09
+        from lmkit.chat import generate_smollm2
+
+        if args.num_beams > 1 or args.slide:
+            parser.error("--model smollm2 streams greedy or sampled text: drop --num-beams "
+                         "and --slide")
+        return generate_smollm2(args, _sampling_options(parser, args))
     if not folder.is_dir():
-        parser.error(f"--model {folder}: no such folder (train one with `.venv/bin/python -m lmkit train "
-                     "--out FOLDER`, or leave --model out to use the course model)")
+        parser.error(f"--model {folder}: no such folder (train one with `.venv/bin/python -m "
+                     "lmkit train --out FOLDER`, or leave --model out to use the course model)")
     if not (folder / "model.safetensors").is_file() or not (folder / "config.json").is_file():
         parser.error(f"--model {folder}: not a model folder (it needs config.json and "
                      "model.safetensors)")
@@ -368,6 +396,8 @@ def cmd_generate(parser: argparse.ArgumentParser, args: argparse.Namespace) -> N
     except FileNotFoundError:
         parser.error(f"--model {folder}: no tokenizer found (chars.json, or vocab.json and "
                      "merges.txt)")
+    except ValueError as e:
+        parser.error(f"--model {folder}: {e}")
     try:
         ids = tok.encode(args.prompt)
     except ValueError as e:
@@ -405,6 +435,14 @@ def main(argv: list[str] | None = None) -> None:
     # errors found after parsing are reported with the sub-command's usage line
     if args.command == "train":
         cmd_train(args.parser, args)
+    elif args.command == "chat":
+        from lmkit.chat import cmd_chat
+
+        cmd_chat(args.parser, args)
+    elif args.command == "doctor":
+        from lmkit import doctor
+
+        raise SystemExit(doctor.main())
     else:
         cmd_generate(args.parser, args)
 

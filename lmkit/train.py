@@ -153,6 +153,10 @@ def configure_optimizer(
 ) -> torch.optim.AdamW:
     """AdamW with two groups, as nanoGPT: decay every 2-D weight (matrices, embeddings), none
     on 1-D ones (biases, norm gains): shrinking a gain or a bias towards 0 is not regularisation.
+
+    Where PyTorch has one (CPU and CUDA float parameters), the fused AdamW kernel updates all
+    parameters in one pass: the same update as the plain loop, faster. Create the optimizer
+    after moving the model to its device.
     """
     params = [p for p in model.parameters() if p.requires_grad]  # a tied matrix appears once
     decay = [p for p in params if p.dim() >= 2]
@@ -161,7 +165,12 @@ def configure_optimizer(
         {"params": decay, "weight_decay": weight_decay},
         {"params": no_decay, "weight_decay": 0.0},
     ]
-    return torch.optim.AdamW(groups, lr=lr, betas=betas)
+    fused = bool(params) and all(
+        p.device.type in ("cpu", "cuda") and p.dtype in (torch.float32, torch.float16,
+                                                         torch.bfloat16, torch.float64)
+        for p in params
+    )
+    return torch.optim.AdamW(groups, lr=lr, betas=betas, fused=fused or None)
 
 
 def clip_grad_norm(

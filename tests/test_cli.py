@@ -237,3 +237,45 @@ def test_every_command_line_example_says_which_python_runs_it():
             line = text[text.rfind("\n", 0, pos) + 1 : text.find("\n", pos)]
             if "prog=" not in line:  # argparse's usage line names the module only
                 assert before.endswith(".venv/bin/") or "activate" in line, (name, line)
+
+
+def test_a_corpus_that_is_not_utf8_is_a_clear_error(tmp_path, capsys):
+    bad = tmp_path / "latin1.txt"
+    bad.write_bytes("ROMEO: café\n".encode("latin-1") * 200)
+    message = error(["train", "--corpus", bad, "--out", tmp_path / "run"], capsys)
+    assert "--corpus" in message and str(bad) in message and "UTF-8" in message
+
+
+def test_the_char_tokenizer_file_is_written_atomically(tmp_path, corpus, capsys, monkeypatch):
+    import lmkit.io
+
+    out = tmp_path / "run"
+    argv = ["train", "--corpus", corpus, "--steps", 1, "--batch-size", 2, "--out", out,
+            "--no-progress"]
+    run(argv, capsys)
+    before = (out / "chars.json").read_bytes()
+    other = tmp_path / "other.txt"
+    other.write_text("xyz QRS, tuv!\n" * 400)
+
+    def interrupted(src, dst):
+        if str(dst).endswith("chars.json"):
+            raise KeyboardInterrupt  # the save stops just before the new file replaces the old
+        return real(src, dst)
+
+    real = lmkit.io.os.replace
+    monkeypatch.setattr(lmkit.io.os, "replace", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        main([str(a) for a in ["train", "--corpus", other, "--steps", 1, "--batch-size", 2,
+                               "--out", out, "--no-progress", "--overwrite"]])
+    assert (out / "chars.json").read_bytes() == before  # the old file, whole
+    assert not list(out.glob(".chars.json*"))  # no temporary file left behind
+
+
+def test_a_broken_chars_file_is_a_clear_error(char_model, tmp_path, capsys):
+    import shutil
+
+    copy = tmp_path / "copy"
+    shutil.copytree(char_model, copy)
+    (copy / "chars.json").write_text("[not json")
+    message = error(["generate", "--model", copy], capsys)
+    assert "chars.json is not valid JSON" in message
