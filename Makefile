@@ -91,6 +91,7 @@ bench: setup
 	$(BIN)/python benchmarks/decode_throughput.py
 	$(BIN)/python benchmarks/inspect_overhead.py
 	$(BIN)/python benchmarks/smollm2.py
+	$(BIN)/python benchmarks/scaling.py
 
 ## course-model: retrain the shipped model in lmkit/models/shakespeare (minutes on a quiet core; 1 thread)
 course-model: setup

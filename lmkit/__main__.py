@@ -3,6 +3,8 @@
     .venv/bin/python -m lmkit train --size tiny --steps 200 --out runs/tiny
     .venv/bin/python -m lmkit generate --model runs/tiny --prompt "ROMEO:"
     .venv/bin/python -m lmkit generate --prompt "To be, or not"   # the shipped course model
+    .venv/bin/python -m torch.distributed.run --nproc_per_node 2 -m lmkit train --size tiny \
+        --batch-size 32 --out runs/ddp              # data-parallel, = torchrun (chapter 12)
 
 (or `source .venv/bin/activate` first, then `python -m lmkit ...`). Run
 `.venv/bin/python -m lmkit train --help` or `.venv/bin/python -m lmkit generate --help`
@@ -16,12 +18,13 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from pathlib import Path
 
 import torch
 
-from lmkit import data, io
+from lmkit import data, distributed, io
 from lmkit.generation import generate, generate_stream
 from lmkit.model import ModelConfig, TransformerLM
 from lmkit.tokenizer import BPETokenizer, CharTokenizer
@@ -136,6 +139,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="start over even if --out already holds a checkpoint, replacing it "
                         "(without --resume or --overwrite an existing checkpoint is refused)")
     t.add_argument("--no-progress", action="store_true", help="no progress bar")
+    _add_scaling_options(t)
     t.set_defaults(parser=t)
 
     g = sub.add_parser(
@@ -186,6 +190,43 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _add_scaling_options(t: argparse.ArgumentParser) -> None:
+    """`train` options of chapter 12: precision, accumulation, compilation, checkpointing,
+    and the timeout of data-parallel runs started with torchrun."""
+    s = t.add_argument_group(
+        "scaling up (chapter 12)",
+        "Under `torchrun --nproc_per_node N -m lmkit train ...` the run is data-parallel "
+        "(DistributedDataParallel; gloo on CPUs, NCCL on GPUs): --batch-size is the global "
+        "batch, split evenly across the N processes, and only rank 0 prints and writes.")
+    s.add_argument("--precision", choices=("fp32", "bf16"), default=None,
+                   help="fp32 (default), or bf16 autocast: matrix products in bfloat16, "
+                        "weights and optimizer in float32 (fast on CPUs and GPUs with bf16)")
+    s.add_argument("--grad-accum", type=_positive_int, default=1, metavar="K",
+                   help="accumulate K micro-batches of --batch-size per optimizer step: the "
+                        "same step as a K times larger batch (default 1)")
+    s.add_argument("--compile", action="store_true", default=None,
+                   help="torch.compile the model (slow first steps, faster later ones)")
+    s.add_argument("--activation-checkpointing", action="store_true", default=None,
+                   help="store only each block's input and recompute the rest in backward: "
+                        "less memory, about one more forward pass of compute")
+    s.add_argument("--timeout", type=_positive_float, default=distributed.DEFAULT_TIMEOUT_S,
+                   metavar="SECONDS",
+                   help="with torchrun: fail when the processes wait for each other longer "
+                        f"than this (default {distributed.DEFAULT_TIMEOUT_S:.0f})")
+
+
+def _start_distributed(parser: argparse.ArgumentParser, args: argparse.Namespace) -> bool:
+    """Join torchrun's process group when there is one with more than one process."""
+    if not distributed.launched_by_torchrun() or int(os.environ["WORLD_SIZE"]) < 2:
+        return False
+    world = int(os.environ["WORLD_SIZE"])
+    if args.batch_size % world:
+        parser.error(f"--batch-size {args.batch_size} is the global batch and must split "
+                     f"evenly across the {world} processes; use a multiple of {world}")
+    args.device = distributed.init_from_env(args.timeout, args.device)
+    return True
+
+
 def _read_corpus(parser: argparse.ArgumentParser, corpus: str) -> str:
     if corpus == "shakespeare":
         return data.shakespeare()
@@ -229,6 +270,18 @@ def load_tokenizer(folder: Path):
 
 
 def cmd_train(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
+    if not _start_distributed(parser, args):
+        return _train(parser, args)
+    try:
+        _train(parser, args)
+    finally:
+        distributed.shutdown()
+
+
+def _train(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
+    main_rank = distributed.is_main()
+    if args.no_progress or not main_rank:
+        args.no_progress = True  # one progress bar, rank 0's
     if args.tokenizer == "bpe" and args.vocab_size < 256:
         parser.error(f"--vocab-size must be at least 256 for byte-level BPE, got {args.vocab_size}")
     if args.resume and args.overwrite:
@@ -260,8 +313,10 @@ def cmd_train(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None
     if len(val_ids) < size["context_length"] + 1:
         parser.error(f"--corpus is too short: its validation tenth has {len(val_ids)} tokens, "
                      f"fewer than one window of {size['context_length'] + 1}")
+    how = {k: getattr(args, k) for k in ("precision", "compile", "activation_checkpointing")
+           if getattr(args, k) is not None}  # given on the command line
     if args.resume:
-        trainer = Trainer.load(args.out, train_ids, val_ids, device=args.device)
+        trainer = Trainer.load(args.out, train_ids, val_ids, device=args.device, **how)
         if args.steps < trainer.step:
             parser.error(f"--steps {args.steps} is below the checkpoint's step {trainer.step}")
         trainer.config.steps = args.steps
@@ -270,12 +325,14 @@ def cmd_train(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None
         config = TrainConfig(steps=args.steps, batch_size=args.batch_size, lr=args.lr,
                              min_lr=args.lr / 10, warmup_steps=min(100, args.steps // 10),
                              eval_interval=max(1, args.steps // 10), seed=args.seed,
-                             device=args.device)
+                             device=args.device, grad_accum=args.grad_accum, **how)
         trainer = Trainer(model, train_ids, val_ids, config)
     history = trainer.run(progress=not args.no_progress)
-    # the tokenizer goes into the new checkpoint folder before it is swapped in: an
-    # interrupted save never pairs new weights with an old tokenizer
+    # only rank 0 writes; the tokenizer goes into the new checkpoint folder before it is
+    # swapped in, so an interrupted save never pairs new weights with an old tokenizer
     trainer.save(args.out, extra=lambda folder: _save_tokenizer(tok, folder))
+    if not main_rank:
+        return
     print(f"step {trainer.step}: train loss {history['train_loss'][-1]:.3f}, "
           f"validation loss {history['val_loss'][-1]:.3f}; saved to {args.out}")
     print(f"try: .venv/bin/python -m lmkit generate --model {args.out} --prompt 'ROMEO:'")

@@ -8,6 +8,17 @@
     checkpoints  safetensors for tensors + JSON for the rest, saved all or nothing (a new
                  folder swapped in); resuming from one continues the run exactly
 
+Scaling up (chapter 12), all options of TrainConfig and of `python -m lmkit train`:
+
+    precision    "bf16": forward and loss under torch.autocast in bfloat16 (weights, gradients
+                 and AdamW states stay float32); "fp32": everything in float32
+    grad_accum   K micro-batches per optimizer step: the same step as a K times larger batch
+    compile      torch.compile the model used for training steps
+    activation_checkpointing   keep only each block's input; recompute the rest in backward
+    data parallel  under `torchrun --nproc_per_node N` (lmkit.distributed), the model is wrapped
+                 in DistributedDataParallel; `batch_size` is the global batch, split evenly
+                 across the N processes, so a run gives the same model whatever N is
+
 A checkpoint folder holds:
 
     config.json              ModelConfig.to_dict()
@@ -20,6 +31,7 @@ Nothing is unpickled on load: safetensors holds only tensors, JSON only plain va
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import numbers
@@ -37,6 +49,7 @@ import torch.nn.functional as F
 from safetensors.torch import save_file
 from torch import Tensor, nn
 
+from lmkit import distributed
 from lmkit.data import get_batch
 from lmkit.io import _fsync_folder, read_safetensors, read_text, write_atomic
 from lmkit.model import ModelConfig, TransformerLM
@@ -44,12 +57,16 @@ from lmkit.model import ModelConfig, TransformerLM
 __all__ = [
     "TrainConfig", "Trainer", "train", "pick_device", "lm_loss", "lr_at",
     "configure_optimizer", "clip_grad_norm", "evaluate", "save_model", "load_model",
-    "sequence_loss", "load_course_model", "COURSE_MODEL", "check_save_folder",
+    "sequence_loss", "load_course_model", "COURSE_MODEL", "check_save_folder", "PRECISIONS",
+    "step_batches", "autocast", "checkpoint_blocks",
 ]
 
 # The small model trained on Shakespeare by tools/train_course_model.py, shipped inside the
 # package (package data, so a normal `pip install` has it too): lmkit/models/shakespeare.
 COURSE_MODEL = Path(str(resources.files("lmkit").joinpath("models", "shakespeare")))
+
+
+PRECISIONS = {"fp32": torch.float32, "bf16": torch.bfloat16}  # compute dtypes (chapter 12)
 
 
 @dataclass
@@ -69,9 +86,16 @@ class TrainConfig:
     eval_batches: int = 10  # batches per validation estimate (always the same batches)
     seed: int = 0
     device: str | None = None  # None: pick_device()
+    precision: str = "fp32"  # "fp32" | "bf16" (autocast; chapter 12)
+    grad_accum: int = 1  # micro-batches per optimizer step (chapter 12)
+    compile: bool = False  # torch.compile the training model (chapter 12)
+    activation_checkpointing: bool = False  # recompute block activations in backward (ch. 12)
 
     def __post_init__(self):
-        for name in ("steps", "batch_size", "eval_interval", "eval_batches"):
+        if self.precision not in PRECISIONS:
+            raise ValueError(f"unknown precision {self.precision!r}; choose one of "
+                             f"{list(PRECISIONS)}")
+        for name in ("steps", "batch_size", "eval_interval", "eval_batches", "grad_accum"):
             v = getattr(self, name)
             if not isinstance(v, int) or v < 1:
                 raise ValueError(f"{name} must be a positive integer, got {v!r}")
@@ -194,19 +218,111 @@ def evaluate(
     batches: int,
     seed: int = 0,
     device: str | torch.device | None = None,
+    precision: str = "fp32",
 ) -> float:
     """Mean loss over `batches` random batches drawn with a generator seeded with `seed`:
     the same batches every call, so successive estimates differ only because the model did.
+
+    Under torch.distributed each process scores its share of every batch and the mean is
+    all-reduced, so every process returns the same number (chapter 12).
     """
     was_training = model.training
     model.eval()
     g = torch.Generator().manual_seed(seed)
+    rank, world = distributed.rank(), distributed.world_size()
     total = 0.0
     for _ in range(batches):
-        x, y = get_batch(ids, batch_size, context_length, generator=g, device=device)
-        total += lm_loss(model(x), y).item()
+        if world == 1:
+            x, y = get_batch(ids, batch_size, context_length, generator=g, device=device)
+        else:
+            ((x, y),) = step_batches(ids, batch_size, context_length, g, 1, rank, world, device)
+        with autocast(device, precision):
+            total += lm_loss(model(x), y).item()
     model.train(was_training)
+    if world > 1:
+        mean = torch.tensor(total / batches, dtype=torch.float64, device=device)
+        return distributed.all_reduce_mean(mean).item()
     return total / batches
+
+
+def step_batches(
+    ids: Tensor,
+    batch_size: int,
+    context_length: int,
+    generator: torch.Generator | None = None,
+    grad_accum: int = 1,
+    rank: int = 0,
+    world_size: int = 1,
+    device: str | torch.device | None = None,
+) -> list[tuple[Tensor, Tensor]]:
+    """This process's micro-batches (x, y) for one optimizer step (chapter 12).
+
+    Every process draws the same grad_accum * batch_size window starts (they share the
+    generator's seed), cuts them into grad_accum micro-batches of batch_size windows, and
+    keeps its own 1/world_size of each: the processes see different windows, and together
+    exactly the batches one process would see. With one process and grad_accum=1 this is
+    `get_batch`.
+    """
+    if batch_size % world_size:
+        raise ValueError(f"batch_size={batch_size} (the global batch) does not split evenly "
+                         f"across {world_size} processes; use a multiple of {world_size}")
+    if not 0 <= rank < world_size:
+        raise ValueError(f"rank must be in 0 ... {world_size - 1}, got {rank}")
+    if ids.dim() != 1 or len(ids) < context_length + 1:
+        get_batch(ids, batch_size, context_length)  # raises its clear error
+    starts = torch.randint(len(ids) - context_length, (grad_accum * batch_size,),
+                           generator=generator)
+    mine = starts.view(grad_accum, world_size, batch_size // world_size)[:, rank]  # (K, B/N)
+    out = []
+    for row in mine.tolist():
+        x = torch.stack([ids[s : s + context_length] for s in row])  # (B/N, T)
+        y = torch.stack([ids[s + 1 : s + 1 + context_length] for s in row])  # (B/N, T)
+        out.append((x.to(device), y.to(device)) if device is not None else (x, y))
+    return out
+
+
+def autocast(device: str | torch.device | None, precision: str):
+    """The context a forward pass runs in: bf16 autocast, or nothing for fp32 (chapter 12).
+
+    Under autocast, matrix products run in bfloat16 while the weights, their gradients and
+    the optimizer's states stay float32 ("mixed precision"); softmax, norms and the loss are
+    kept in float32 by autocast's own op lists.
+    """
+    if precision not in PRECISIONS:
+        raise ValueError(f"unknown precision {precision!r}; choose one of {list(PRECISIONS)}")
+    if precision == "fp32":
+        return contextlib.nullcontext()
+    device_type = torch.device(device).type if device is not None else "cpu"
+    return torch.autocast(device_type, dtype=PRECISIONS[precision])
+
+
+class _Checkpointed:
+    """A block's forward that stores only its input and recomputes the rest in backward."""
+
+    def __init__(self, block: nn.Module):
+        self.block = block
+        self.forward = type(block).forward.__get__(block)  # the block's own forward
+
+    def __call__(self, x: Tensor, *args, **kwargs) -> Tensor:
+        if (kwargs.get("cache") is None and self.block.training
+                and torch.is_grad_enabled()):
+            return torch.utils.checkpoint.checkpoint(self.forward, x, *args,
+                                                     use_reentrant=False, **kwargs)
+        return self.forward(x, *args, **kwargs)
+
+
+def checkpoint_blocks(model: TransformerLM, enabled: bool = True) -> TransformerLM:
+    """Activation checkpointing (chapter 12): while training, each block keeps only its input;
+    backward runs the block's forward again to rebuild what it needs. Memory for activations
+    drops from all intermediate tensors of every block to one (B, T, C) tensor per block, for
+    about one more forward pass of compute. Weights and state_dict names do not change.
+    """
+    for block in model.blocks:
+        if enabled and "forward" not in vars(block):
+            block.forward = _Checkpointed(block)
+        elif not enabled:
+            vars(block).pop("forward", None)
+    return model
 
 
 @torch.no_grad()
@@ -249,26 +365,62 @@ class Trainer:
                 f"TrainConfig.context_length={self.context_length} exceeds the model's "
                 f"context window {model.config.context_length}"
             )
+        self.rank, self.world_size = distributed.rank(), distributed.world_size()
+        if config.batch_size % self.world_size:
+            raise ValueError(
+                f"batch_size={config.batch_size} is the global batch and must split evenly "
+                f"across the {self.world_size} processes; use a multiple of {self.world_size}")
         self.optimizer = configure_optimizer(model, config.lr, config.weight_decay, config.betas)
         self.generator = torch.Generator().manual_seed(config.seed)  # batch offsets
         torch.manual_seed(config.seed)  # dropout, if any
+        checkpoint_blocks(model, config.activation_checkpointing)
+        self.ddp, self.engine = self._wrap()
         self.step = 0
         self.history: dict[str, list] = {
             "step": [], "loss": [], "lr": [], "eval_step": [], "train_loss": [], "val_loss": []
         }
+
+    def _wrap(self) -> tuple[nn.Module | None, nn.Module]:
+        """(the DDP wrapper or None, the module that runs training steps) (chapter 12).
+
+        `self.model` stays the plain TransformerLM: checkpoints never see DDP's `module.` or
+        torch.compile's `_orig_mod.` prefixes, and `self.model.config` is always there.
+        """
+        ddp, engine = None, self.model
+        if self.world_size > 1:
+            from torch.nn.parallel import DistributedDataParallel
+
+            ids = [self.device] if self.device.type == "cuda" else None
+            ddp = engine = DistributedDataParallel(self.model, device_ids=ids)
+        if self.config.compile:
+            engine = torch.compile(engine)
+        return ddp, engine
 
     def lr(self, step: int) -> float:
         c = self.config
         return lr_at(step, c.lr, c.min_lr, c.warmup_steps, c.steps)
 
     def train_step(self) -> float:
-        """One step: batch, forward, loss, zero_grad, backward, clip, lr, optimizer step."""
+        """One step: batch, zero_grad, forward, loss, backward (per micro-batch), clip, lr,
+        optimizer step. With grad_accum K each micro-batch's loss is divided by K, so the
+        summed gradient is that of the mean loss over all K micro-batches (chapter 12);
+        under DDP the gradients are all-reduced once, after the last micro-batch.
+        """
         c = self.config
-        x, y = get_batch(self.train_ids, c.batch_size, self.context_length,
-                         generator=self.generator, device=self.device)  # (B, T), (B, T)
-        loss = lm_loss(self.model(x), y)
+        batches = step_batches(self.train_ids, c.batch_size, self.context_length,
+                               self.generator, c.grad_accum, self.rank, self.world_size,
+                               self.device)  # K pairs of (B/N, T)
         self.optimizer.zero_grad(set_to_none=True)
-        loss.backward()
+        total = torch.zeros((), device=self.device)
+        for k, (x, y) in enumerate(batches):
+            last = k == len(batches) - 1
+            skip_sync = self.ddp.no_sync() if self.ddp is not None and not last else None
+            with skip_sync or contextlib.nullcontext():
+                with autocast(self.device, c.precision):
+                    loss = lm_loss(self.engine(x), y) / c.grad_accum
+                loss.backward()
+            total += loss.detach().float()
+        loss = distributed.all_reduce_mean(total)  # the global batch's loss, for the history
         if c.grad_clip is not None:
             clip_grad_norm(self.model.parameters(), c.grad_clip)
         lr = self.lr(self.step)
@@ -285,7 +437,8 @@ class Trainer:
     def evaluate(self) -> tuple[float, float]:
         """(train loss, validation loss), each on the same fixed batches every time."""
         c = self.config
-        args = (c.batch_size, self.context_length, c.eval_batches, c.seed + 1, self.device)
+        args = (c.batch_size, self.context_length, c.eval_batches, c.seed + 1, self.device,
+                c.precision)
         return evaluate(self.model, self.train_ids, *args), evaluate(self.model, self.val_ids, *args)
 
     def run(self, steps: int | None = None, progress: bool = True) -> dict[str, list]:
@@ -293,12 +446,12 @@ class Trainer:
         c = self.config
         end = c.steps if steps is None else min(c.steps, self.step + steps)
         bar = None
-        if progress:
+        if progress and self.rank == 0:  # one progress bar, not one per process
             from tqdm.auto import tqdm
 
             bar = tqdm(total=c.steps, initial=self.step, desc="training", unit="step")
         self.model.train()
-        tokens_per_step = c.batch_size * self.context_length
+        tokens_per_step = c.batch_size * c.grad_accum * self.context_length
         t0, start_step = time.perf_counter(), self.step
         try:
             while self.step < end:
@@ -315,6 +468,14 @@ class Trainer:
                         post["val"] = f"{self.history['val_loss'][-1]:.3f}"
                     bar.set_postfix(post, refresh=False)
                     bar.update(1)
+        except (RuntimeError, distributed.dist.DistError) as e:
+            if self.world_size > 1 and distributed.is_comm_failure(e):
+                raise RuntimeError(
+                    f"rank {self.rank} of {self.world_size}: lost contact with the other "
+                    f"processes at step {self.step + 1} ({type(e).__name__}: "
+                    f"{str(e).strip().splitlines()[0]}). Another process crashed or hangs; "
+                    "its own error, printed above, is the cause") from e
+            raise
         finally:
             if bar is not None:
                 bar.close()
@@ -340,7 +501,13 @@ class Trainer:
         Because the whole folder is replaced, `folder` must be new, empty, or a checkpoint
         folder (see `check_save_folder`): a folder holding other files, the working directory
         or a folder above it is refused with a ValueError.
+
+        Under torch.distributed only rank 0 writes; every process returns once it is written
+        (chapter 12).
         """
+        if self.rank != 0:
+            distributed.barrier()  # wait for rank 0's files
+            return
         folder = Path(folder).resolve()  # a symlinked folder: swap its target, keep the link
         check_save_folder(folder)
         opt = self.optimizer.state_dict()
@@ -373,6 +540,7 @@ class Trainer:
                 shutil.rmtree(new, ignore_errors=True)
                 raise
             _swap_in(new, folder)
+        distributed.barrier()  # the other ranks may go on
 
     @classmethod
     def load(
@@ -381,8 +549,17 @@ class Trainer:
         train_ids: Tensor,
         val_ids: Tensor,
         device: str | None = None,
+        **changes,
     ) -> Trainer:
-        """Rebuild a Trainer from `save`'s folder; `run()` then continues exactly where it was."""
+        """Rebuild a Trainer from `save`'s folder; `run()` then continues exactly where it was.
+
+        `changes` overrides how the run executes (precision, compile, activation_checkpointing;
+        chapter 12) without touching what it computes. Loading never deletes anything.
+        """
+        allowed = {"precision", "compile", "activation_checkpointing"}
+        if set(changes) - allowed:
+            raise ValueError(f"Trainer.load can change only {sorted(allowed)}, got "
+                             f"{sorted(set(changes) - allowed)}")
         folder = _readable(Path(folder))
         state_path = folder / "trainer_state.json"
         if not state_path.is_file():
@@ -395,6 +572,9 @@ class Trainer:
         config = TrainConfig.from_dict(state["train_config"])
         if device is not None:
             config.device = device
+        for key, value in changes.items():
+            setattr(config, key, value)
+        config.__post_init__()
         model = load_model(folder, _step=state["step"])
         self = cls(model, train_ids, val_ids, config)
         tensors, meta = read_safetensors(folder / "optimizer.safetensors")
