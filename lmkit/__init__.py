@@ -8,7 +8,8 @@
     norm         05  LayerNorm and RMSNorm
     model        06  ModelConfig and TransformerLM (GPT-2 and Llama styles)
     pretrained   06  loading Hugging Face checkpoints (safetensors); 09 GGUF, SmolLM2
-    train        07  the training loop, schedules, checkpoints, the course model
+    train        07  the training loop, schedules, checkpoints, the course model; 12 scaling options
+    distributed  12  torch.distributed set-up for torchrun (DDP, FSDP): rank, all-reduce, barrier
     generation   08  greedy, sampling, top-k, top-p, beam search, with a KV cache
     blockwise    09  attention block by block with an online softmax (FlashAttention's idea)
     gguf         09  llama.cpp's GGUF files: metadata, tensors, Q4_1/Q8_0 dequantisation
@@ -36,6 +37,7 @@ from . import (  # noqa: E402
     blockwise,
     chat,
     data,
+    distributed,
     embeddings,
     ffn,
     generation,
@@ -54,6 +56,6 @@ from .model import ModelConfig, TransformerLM  # noqa: E402
 __version__ = "0.1.0"
 __all__ = [
     "tokenizer", "data", "embeddings", "attention", "ffn", "norm", "model", "pretrained",
-    "train", "generation", "inspect", "io", "blockwise", "gguf", "chat", "ModelConfig",
+    "train", "distributed", "generation", "inspect", "io", "blockwise", "gguf", "chat", "ModelConfig",
     "TransformerLM", "generate", "generate_stream",
 ]
