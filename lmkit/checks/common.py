@@ -172,6 +172,8 @@ def call(fn, *args, name: str, may_change: Sequence[int] = ()):
     except (NotImplementedError, _Forbidden):
         raise
     except Exception as e:  # show what crashed, with the input that made it crash
+        if "GuardedTensor" in str(e):  # a module built around a guarded tensor (nn.Embedding)
+            raise _Forbidden("a module or Parameter built from the guarded tensor") from None
         shown = ", ".join(_short(a) for a in args)
         raise AssertionError(f"{name}({shown}) raised {type(e).__name__}: {e}") from e
     for i, path, t, saved in before:
