@@ -3,7 +3,8 @@
 - `scaled_dot_product_attention`: softmax(q k^T / sqrt(D)) v written out, one line per step.
 - `causal_mask`: who may attend to whom; True = may attend.
 - `MultiHeadAttention`: q/k/v/o projections (HF names), multi-head, grouped-query (GQA/MQA),
-  sliding window, RoPE, and PyTorch's fused kernel behind one flag (`use_sdpa`).
+  sliding window, RoPE, and PyTorch's fused kernel behind one flag (`fast`, default True;
+  `fast=False` runs the written-out `scaled_dot_product_attention` of chapter 03).
 - `KVCache`: the keys and values of one layer, grown one step at a time while decoding.
 
 Shapes: B batch, T time (query length), Tk key length, C channels, H heads, D head dim.
@@ -119,6 +120,8 @@ class MultiHeadAttention(nn.Module):
     """Multi-head self-attention with GQA, sliding window, RoPE and a KV cache (ch. 03, 08, 09).
 
     n_kv_heads < n_heads shares each key/value head among n_heads // n_kv_heads query heads.
+    `fast=True` (the default) uses `F.scaled_dot_product_attention`; `fast=False`, and any call
+    with `return_weights=True`, the written-out `scaled_dot_product_attention` above.
     """
 
     def __init__(
@@ -130,7 +133,7 @@ class MultiHeadAttention(nn.Module):
         causal: bool = True,
         dropout: float = 0.0,
         window: int | None = None,
-        use_sdpa: bool = False,
+        fast: bool = True,
         rope_theta: float | None = None,
         context_length: int = 2048,
     ):
@@ -144,7 +147,7 @@ class MultiHeadAttention(nn.Module):
             raise ValueError("a sliding window needs causal=True")
         self.d_model, self.n_heads, self.n_kv_heads = d_model, n_heads, n_kv_heads
         self.head_dim = d_model // n_heads
-        self.causal, self.window, self.use_sdpa, self.dropout = causal, window, use_sdpa, dropout
+        self.causal, self.window, self.fast, self.dropout = causal, window, fast, dropout
         kv_dim = n_kv_heads * self.head_dim
         self.q_proj = nn.Linear(d_model, d_model, bias=bias)
         self.k_proj = nn.Linear(d_model, kv_dim, bias=bias)
@@ -199,7 +202,7 @@ class MultiHeadAttention(nn.Module):
         dropout_p = self.dropout if self.training else 0.0
 
         weights = None
-        if self.use_sdpa and not return_weights:
+        if self.fast and not return_weights:  # the weights need the written-out path
             y = F.scaled_dot_product_attention(  # (B, H, T, D)
                 q, k, v, attn_mask=None if fused_causal else mask, dropout_p=dropout_p,
                 is_causal=fused_causal,
@@ -217,5 +220,5 @@ class MultiHeadAttention(nn.Module):
         return (
             f"n_heads={self.n_heads}, n_kv_heads={self.n_kv_heads}, head_dim={self.head_dim}, "
             f"causal={self.causal}, window={self.window}, rope_theta={rope}, "
-            f"use_sdpa={self.use_sdpa}"
+            f"fast={self.fast}"
         )

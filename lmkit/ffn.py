@@ -3,8 +3,8 @@
 `FeedForward` uses Hugging Face Llama's names: `up_proj` (C -> d_ff), `down_proj` (d_ff -> C)
 and, for SwiGLU, `gate_proj` (C -> d_ff). GPT-2's `mlp.c_fc` is `up_proj`, `mlp.c_proj` is
 `down_proj`. The activations are written out so chapter 04 can plot and compare them;
-`fused=True` uses PyTorch's own kernels for the same functions (`FUSED_ACTIVATIONS`), which
-are faster.
+`fast=True` (the default) uses PyTorch's own kernels for the same functions
+(`FUSED_ACTIVATIONS`), which are faster; `fast=False` uses the written-out ones.
 """
 
 from __future__ import annotations
@@ -16,7 +16,10 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-__all__ = ["ACTIVATIONS", "FUSED_ACTIVATIONS", "get_activation", "gelu", "gelu_tanh", "relu", "silu", "FeedForward"]
+__all__ = [
+    "ACTIVATIONS", "FUSED_ACTIVATIONS", "get_activation", "gelu", "gelu_tanh", "relu", "silu",
+    "FeedForward",
+]
 
 
 def relu(x: Tensor) -> Tensor:
@@ -59,11 +62,14 @@ FUSED_ACTIVATIONS: dict[str, Callable[[Tensor], Tensor]] = {
 }
 
 
-def get_activation(name: str, fused: bool = False) -> Callable[[Tensor], Tensor]:
-    """The activation function called `name`; a ValueError lists the choices (chapter 04)."""
+def get_activation(name: str, fast: bool = True) -> Callable[[Tensor], Tensor]:
+    """The activation function called `name`; a ValueError lists the choices (chapter 04).
+
+    `fast=True`: PyTorch's kernel (`FUSED_ACTIVATIONS`); `fast=False`: the written-out function.
+    """
     if name not in ACTIVATIONS:
         raise ValueError(f"unknown activation {name!r}; choose one of {sorted(ACTIVATIONS)}")
-    return (FUSED_ACTIVATIONS if fused else ACTIVATIONS)[name]
+    return (FUSED_ACTIVATIONS if fast else ACTIVATIONS)[name]
 
 
 class FeedForward(nn.Module):
@@ -76,15 +82,20 @@ class FeedForward(nn.Module):
         activation: str = "gelu",
         bias: bool = True,
         dropout: float = 0.0,
-        fused: bool = False,
+        fast: bool = True,
     ):
         super().__init__()
-        self.activation = activation
-        self.act = get_activation(activation, fused)
+        get_activation(activation)  # a clear error for an unknown name
+        self.activation, self.fast = activation, fast
         self.gate_proj = nn.Linear(d_model, d_ff, bias=bias) if activation == "swiglu" else None
         self.up_proj = nn.Linear(d_model, d_ff, bias=bias)
         self.down_proj = nn.Linear(d_ff, d_model, bias=bias)
         self.dropout = nn.Dropout(dropout)
+
+    @property
+    def act(self) -> Callable[[Tensor], Tensor]:
+        """The activation in use: PyTorch's kernel if `self.fast`, else the written-out one."""
+        return get_activation(self.activation, self.fast)
 
     def forward(self, x: Tensor) -> Tensor:
         if self.gate_proj is not None:
@@ -94,4 +105,4 @@ class FeedForward(nn.Module):
         return self.dropout(self.down_proj(h))  # (B, T, C)
 
     def extra_repr(self) -> str:
-        return f"activation={self.activation!r}"
+        return f"activation={self.activation!r}, fast={self.fast}"

@@ -40,6 +40,8 @@ __all__ = ["ModelConfig", "Block", "TransformerLM"]
 
 POSITIONALS = ("learned", "sinusoidal", "rope", "none")
 NORM_POSITIONS = ("pre", "post")
+# Kernel choices older lmkit saved in config.json; now the runtime flag `fast`, not the model's.
+RETIRED_FIELDS = ("use_sdpa", "fused_ops")
 
 
 @dataclass
@@ -47,7 +49,8 @@ class ModelConfig:
     """Every size and design choice of a model; the defaults are GPT-2 small (chapter 06).
 
     `n_kv_heads=None` means n_heads (plain multi-head attention), `d_ff=None` means 4 * d_model;
-    `num_kv_heads` and `ffn_dim` give the resolved values.
+    `num_kv_heads` and `ffn_dim` give the resolved values. Which kernels run (PyTorch's or the
+    written-out ones) is not part of the model: see `TransformerLM(config, fast=...)`.
     """
 
     vocab_size: int = 50257
@@ -68,8 +71,6 @@ class ModelConfig:
     dropout: float = 0.0
     causal: bool = True  # False: bidirectional encoder (chapter 10)
     window: int | None = None  # sliding-window attention span (chapter 09)
-    use_sdpa: bool = True  # PyTorch's fused attention kernel; False: the explicit path
-    fused_ops: bool = True  # PyTorch's kernels for norms and activations; False: written out
 
     def __post_init__(self):
         for name in ("vocab_size", "context_length", "d_model", "n_layers", "n_heads"):
@@ -141,6 +142,9 @@ class ModelConfig:
 
     @classmethod
     def from_dict(cls, d: dict) -> ModelConfig:
+        """The config saved by `to_dict`; the retired runtime flags `use_sdpa` and `fused_ops`
+        (now `TransformerLM(config, fast=...)`) of older config.json files are ignored."""
+        d = {k: v for k, v in d.items() if k not in RETIRED_FIELDS}
         unknown = sorted(set(d) - {f.name for f in fields(cls)})
         if unknown:
             raise ValueError(f"unknown ModelConfig fields {unknown}")
@@ -162,22 +166,24 @@ class Block(nn.Module):
 
     pre-norm:  x = x + attn(norm1(x));  x = x + mlp(norm2(x))
     post-norm: x = norm1(x + attn(x));  x = norm2(x + mlp(x))
+
+    `fast=True` (the default): PyTorch's kernels; `fast=False`: the written-out code.
     """
 
-    def __init__(self, config: ModelConfig):
+    def __init__(self, config: ModelConfig, fast: bool = True):
         super().__init__()
         c = config
         self.norm_position = c.norm_position
-        self.norm1 = make_norm(c.norm, c.d_model, c.norm_eps, bias=c.bias, fused=c.fused_ops)
+        self.norm1 = make_norm(c.norm, c.d_model, c.norm_eps, bias=c.bias, fast=fast)
         self.attn = MultiHeadAttention(
             c.d_model, c.n_heads, c.num_kv_heads, bias=c.bias, causal=c.causal,
-            dropout=c.dropout, window=c.window, use_sdpa=c.use_sdpa,
+            dropout=c.dropout, window=c.window, fast=fast,
             rope_theta=c.rope_theta if c.positional == "rope" else None,
             context_length=c.context_length,
         )
-        self.norm2 = make_norm(c.norm, c.d_model, c.norm_eps, bias=c.bias, fused=c.fused_ops)
+        self.norm2 = make_norm(c.norm, c.d_model, c.norm_eps, bias=c.bias, fast=fast)
         self.mlp = FeedForward(
-            c.d_model, c.ffn_dim, c.activation, bias=c.bias, dropout=c.dropout, fused=c.fused_ops
+            c.d_model, c.ffn_dim, c.activation, bias=c.bias, dropout=c.dropout, fast=fast
         )
 
     def forward(
@@ -197,11 +203,18 @@ class TransformerLM(nn.Module):
 
     Post-norm blocks already end in a norm, so with norm_position="post" `norm_f` is an
     Identity, as in the original Transformer and BERT.
+
+    `fast=True` (the default) runs PyTorch's kernels (`F.scaled_dot_product_attention`,
+    `F.layer_norm`, `F.rms_norm`, `F.gelu`, ...); `fast=False` the written-out code of the
+    chapters. Same weights, same results up to float rounding; `set_fast` switches later.
     """
 
-    def __init__(self, config: ModelConfig):
+    def __init__(self, config: ModelConfig, fast: bool = True):
         super().__init__()
+        if not isinstance(fast, bool):
+            raise TypeError(f"fast must be True or False, got {fast!r}")
         c = self.config = config
+        self.fast = fast
         self.tok_emb = TokenEmbedding(c.vocab_size, c.d_model)
         if c.positional == "learned":
             self.pos_emb = LearnedPositionalEmbedding(c.context_length, c.d_model)
@@ -210,9 +223,9 @@ class TransformerLM(nn.Module):
         else:  # "rope" rotates q and k inside attention; "none" has no positions at all
             self.pos_emb = None
         self.drop = nn.Dropout(c.dropout)
-        self.blocks = nn.ModuleList(Block(c) for _ in range(c.n_layers))
+        self.blocks = nn.ModuleList(Block(c, fast=fast) for _ in range(c.n_layers))
         if c.norm_position == "pre":
-            self.norm_f = make_norm(c.norm, c.d_model, c.norm_eps, bias=c.bias, fused=c.fused_ops)
+            self.norm_f = make_norm(c.norm, c.d_model, c.norm_eps, bias=c.bias, fast=fast)
         else:
             self.norm_f = nn.Identity()
         self.lm_head = nn.Linear(c.d_model, c.vocab_size, bias=False)
@@ -232,6 +245,15 @@ class TransformerLM(nn.Module):
         for name, p in self.named_parameters():
             if name.endswith(("attn.o_proj.weight", "mlp.down_proj.weight")):
                 nn.init.normal_(p, std=0.02 / math.sqrt(2 * self.config.n_layers))
+
+    def set_fast(self, fast: bool) -> TransformerLM:
+        """Switch every module to PyTorch's kernels (True) or the written-out code (False)."""
+        if not isinstance(fast, bool):
+            raise TypeError(f"fast must be True or False, got {fast!r}")
+        for module in self.modules():
+            if hasattr(module, "fast"):
+                module.fast = fast
+        return self
 
     def new_cache(self) -> list[KVCache]:
         """An empty KV cache: one `KVCache` per block (chapter 08)."""
@@ -302,4 +324,4 @@ class TransformerLM(nn.Module):
         return 2 * n_linear + 4 * c.n_layers * T * c.d_model
 
     def extra_repr(self) -> str:
-        return f"n_params={self.num_parameters() / 1e6:.2f}M"
+        return f"n_params={self.num_parameters() / 1e6:.2f}M, fast={self.fast}"

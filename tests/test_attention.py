@@ -87,8 +87,9 @@ def test_wrong_mask_shape_and_dtype_are_rejected():
 )
 def test_sdpa_path_matches_explicit_path(kwargs):
     torch.manual_seed(1)
-    explicit = MultiHeadAttention(32, 4, **kwargs).eval()
-    fused = MultiHeadAttention(32, 4, use_sdpa=True, **kwargs).eval()
+    explicit = MultiHeadAttention(32, 4, fast=False, **kwargs).eval()
+    fused = MultiHeadAttention(32, 4, **kwargs).eval()
+    assert fused.fast and "fast=True" in repr(fused) and "fast=False" in repr(explicit)
     fused.load_state_dict(explicit.state_dict())
     x = torch.randn(2, 9, 32)
     torch.testing.assert_close(fused(x), explicit(x), atol=1e-6, rtol=1e-5)
@@ -142,7 +143,7 @@ def test_gqa_equals_mha_with_repeated_key_value_weights():
         {"n_kv_heads": 1},
         {"window": 3},
         {"rope_theta": 10000.0, "n_kv_heads": 2},
-        {"rope_theta": 10000.0, "window": 4, "use_sdpa": True},
+        {"rope_theta": 10000.0, "window": 4, "fast": False},
     ],
 )
 def test_cached_step_by_step_matches_full_forward(kwargs):

@@ -27,8 +27,12 @@ VARIANTS = {
     "sinusoidal": tiny(positional="sinusoidal", activation="gelu"),
     "no_positions": tiny(positional="none"),
     "window": tiny_llama(window=3, n_kv_heads=1),
-    "explicit_path": tiny(use_sdpa=False, norm="rmsnorm", activation="silu"),
+    "explicit_path": tiny(norm="rmsnorm", activation="silu"),  # built with fast=False
 }
+
+
+def build(name: str) -> TransformerLM:
+    return TransformerLM(VARIANTS[name], fast=name != "explicit_path")
 
 
 def ids(B=2, T=10, seed=0):
@@ -37,14 +41,14 @@ def ids(B=2, T=10, seed=0):
 
 @pytest.mark.parametrize("name", VARIANTS)
 def test_logits_shape(name):
-    model = TransformerLM(VARIANTS[name]).eval()
+    model = build(name).eval()
     assert model(ids(3, 7)).shape == (3, 7, V)
 
 
 @pytest.mark.parametrize("name", VARIANTS)
 def test_cached_decoding_matches_full_forward(name):
     torch.manual_seed(0)
-    model = TransformerLM(VARIANTS[name]).eval()
+    model = build(name).eval()
     x = ids(2, 12)
     with torch.no_grad():
         full = model(x)
@@ -57,7 +61,7 @@ def test_cached_decoding_matches_full_forward(name):
 
 @pytest.mark.parametrize("name", ["gpt2", "llama_gqa", "window"])
 def test_changing_token_j_changes_no_earlier_logits(name):
-    model = TransformerLM(VARIANTS[name]).eval()
+    model = build(name).eval()
     x = ids(1, 10)
     x2 = x.clone()
     x2[0, 6] = (x[0, 6] + 1) % V
@@ -76,23 +80,64 @@ def test_bidirectional_model_sees_the_future():
         assert not torch.allclose(model(x)[:, 0], model(x2)[:, 0])
 
 
-def test_sdpa_and_explicit_paths_agree():
+@pytest.mark.parametrize("make", [tiny, tiny_llama])
+def test_fast_and_written_out_paths_agree(make):
     torch.manual_seed(0)
-    fused = TransformerLM(tiny_llama(use_sdpa=True)).eval()
-    explicit = TransformerLM(tiny_llama(use_sdpa=False)).eval()
-    explicit.load_state_dict(fused.state_dict())
+    fast = TransformerLM(make()).eval()
+    written = TransformerLM(make(), fast=False).eval()
+    written.load_state_dict(fast.state_dict())
     with torch.no_grad():
-        torch.testing.assert_close(fused(ids()), explicit(ids()), atol=1e-5, rtol=1e-5)
+        torch.testing.assert_close(fast(ids()), written(ids()), atol=1e-5, rtol=1e-5)
+        fast.set_fast(False)  # switched later: bitwise the same computation as built so
+        torch.testing.assert_close(fast(ids()), written(ids()), atol=0, rtol=0)
+
+
+def _kernels_called(model: TransformerLM) -> set[str]:
+    """Names of the PyTorch kernels (SDPA, layer_norm, gelu...) the model's forward calls."""
+    from torch.overrides import TorchFunctionMode
+
+    seen = set()
+
+    class Spy(TorchFunctionMode):
+        def __torch_function__(self, func, types, args=(), kwargs=None):
+            seen.add(getattr(func, "__name__", str(func)))
+            return func(*args, **(kwargs or {}))
+
+    with torch.no_grad(), Spy():
+        model(ids(1, 6))
+    return seen
+
+
+FUSED_KERNELS = {"scaled_dot_product_attention", "layer_norm", "rms_norm", "gelu", "silu"}
 
 
 @pytest.mark.parametrize("make", [tiny, tiny_llama])
-def test_fused_ops_and_written_out_ops_agree(make):
-    torch.manual_seed(0)
-    fused = TransformerLM(make(fused_ops=True)).eval()
-    written = TransformerLM(make(fused_ops=False)).eval()
-    written.load_state_dict(fused.state_dict())
-    with torch.no_grad():
-        torch.testing.assert_close(fused(ids()), written(ids()), atol=1e-5, rtol=1e-5)
+def test_fast_flag_chooses_the_kernels_for_the_whole_model(make):
+    fast = _kernels_called(TransformerLM(make()).eval())
+    assert {"scaled_dot_product_attention"} < fast and fast & {"layer_norm", "rms_norm"}
+    assert fast & {"gelu", "silu"}
+    written = TransformerLM(make(), fast=False).eval()
+    assert not _kernels_called(written) & FUSED_KERNELS  # everything written out
+    assert _kernels_called(written.set_fast(True)) == fast
+    flags = {m.fast for m in written.modules() if hasattr(m, "fast")}
+    assert flags == {True}
+    assert "fast=True" in repr(written) and "fast=False" in repr(written.set_fast(False))
+
+
+def test_fast_is_a_runtime_choice_not_saved_in_the_config():
+    cfg = tiny()
+    assert "fast" not in cfg.to_dict() and "use_sdpa" not in cfg.to_dict()
+    with pytest.raises(TypeError, match="fast must be True or False"):
+        TransformerLM(cfg, fast="no")
+    with pytest.raises(TypeError, match="fast must be True or False"):
+        TransformerLM(cfg).set_fast(None)
+
+
+def test_old_config_json_with_retired_kernel_flags_still_loads():
+    old = {**tiny().to_dict(), "use_sdpa": False, "fused_ops": True}  # written by lmkit <= 0.1
+    assert ModelConfig.from_dict(old) == tiny()
+    with pytest.raises(ValueError, match="unknown ModelConfig fields"):
+        ModelConfig.from_dict({**tiny().to_dict(), "use_sdpaa": False})
 
 
 def test_return_hidden_gives_embeddings_and_every_block_output():
@@ -161,8 +206,7 @@ def test_parameter_count_matches_hf_llama():
 
 @pytest.mark.parametrize("name", ["gpt2", "llama_gqa", "explicit_path"])
 def test_flops_per_token_matches_torch_flop_counter(name):
-    cfg = VARIANTS[name]
-    model = TransformerLM(ModelConfig.from_dict({**cfg.to_dict(), "use_sdpa": False})).eval()
+    model = TransformerLM(VARIANTS[name], fast=False).eval()
     T = 16
     # not under no_grad: there torch 2.13's counter trips over the tied lm_head
     with FlopCounterMode(display=False) as counter:

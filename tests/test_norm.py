@@ -26,10 +26,10 @@ def _check_same_with_gradients(ours, ref, x):
     return ours, ref
 
 
-@pytest.mark.parametrize("fused", [False, True])
+@pytest.mark.parametrize("fast", [False, True])
 @pytest.mark.parametrize("bias", [True, False])
-def test_layernorm_matches_torch_with_gradients(bias, fused):
-    ours = LayerNorm(16, eps=1e-5, bias=bias, fused=fused)
+def test_layernorm_matches_torch_with_gradients(bias, fast):
+    ours = LayerNorm(16, eps=1e-5, bias=bias, fast=fast)
     ref = torch.nn.LayerNorm(16, eps=1e-5, bias=bias)
     _randomise(ours, ref)
     _check_same_with_gradients(ours, ref, torch.randn(3, 7, 16) * 4 + 2)
@@ -37,9 +37,9 @@ def test_layernorm_matches_torch_with_gradients(bias, fused):
         torch.testing.assert_close(ours.bias.grad, ref.bias.grad)
 
 
-@pytest.mark.parametrize("fused", [False, True])
-def test_rmsnorm_matches_torch_with_gradients(fused):
-    ours, ref = RMSNorm(16, eps=1e-6, fused=fused), torch.nn.RMSNorm(16, eps=1e-6)
+@pytest.mark.parametrize("fast", [False, True])
+def test_rmsnorm_matches_torch_with_gradients(fast):
+    ours, ref = RMSNorm(16, eps=1e-6, fast=fast), torch.nn.RMSNorm(16, eps=1e-6)
     _randomise(ours, ref)
     _check_same_with_gradients(ours, ref, torch.randn(3, 7, 16) * 4 + 2)
 
