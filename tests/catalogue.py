@@ -42,7 +42,7 @@ def stub(*args, **kwargs):
 def assert_rejected(module, wrong: Wrong) -> None:
     check = getattr(module, "check_" + wrong.exercise)
     hint = module.MISTAKES[wrong.exercise][wrong.mistake].hint
-    with pytest.raises(AssertionError, match=re.escape(hint)):
+    with pytest.raises(AssertionError, match=re.compile(re.escape(hint), re.IGNORECASE)):
         check(*_fns(wrong.fn))
 
 

@@ -172,6 +172,8 @@ def call(fn, *args, name: str, may_change: Sequence[int] = ()):
     except (NotImplementedError, _Forbidden):
         raise
     except Exception as e:  # show what crashed, with the input that made it crash
+        if "in-place operation" in str(e) or "inplace operation" in str(e):
+            raise AssertionError(f"{name} raised {type(e).__name__}: {e}\n{INPLACE.hint}") from e
         if "GuardedTensor" in str(e):  # a module built around a guarded tensor (nn.Embedding)
             raise _Forbidden("a module or Parameter built from the guarded tensor") from None
         shown = ", ".join(_short(a) for a in args)
@@ -189,7 +191,7 @@ def call_tensors(fn, *args, name: str, shape_hint: str = "", may_change: Sequenc
         return call(fn, *args, name=name, may_change=may_change)
     except AssertionError as e:
         err = e.__cause__
-        if err is None:
+        if err is None or INPLACE.hint in str(e):
             raise
         shapes = ", ".join(str(shape_of(a)) for a in args)
         msg = f"{name} raised {type(err).__name__}: {err}\nThe inputs had shapes {shapes}."
