@@ -1,6 +1,6 @@
 """Decoding speed: lmkit with and without the KV cache vs Hugging Face `generate`, same weights.
 
-Greedy, batch 1, float32, on the CPU. Models: the course model in models/shakespeare/ when that
+Greedy, batch 1, float32, on the CPU. Models: the course model in lmkit/models/shakespeare/ when that
 folder exists, and GPT-2 small's configuration with random weights; Hugging Face's
 GPT2LMHeadModel gets the same weights (checked: identical greedy tokens). Batch-1 decoding reads
 every weight once per token, so its ceiling is memory bandwidth / model bytes: the bandwidth is
@@ -151,7 +151,7 @@ def main() -> None:
 
     if (COURSE_MODEL / "model.safetensors").is_file():
         model, _ = load_course_model()
-        bench("course model (models/shakespeare)", model, 100, [16, 48, 112 - 16],
+        bench("course model (lmkit/models/shakespeare)", model, 100, [16, 48, 112 - 16],
               args.repeats, bw)
     else:
         print(f"\n{COURSE_MODEL} not found: skipping the course model")

@@ -10,28 +10,41 @@
     pretrained   06  loading Hugging Face checkpoints (safetensors)
     train        07  the training loop, schedules, checkpoints, the course model
     generation   08  greedy, sampling, top-k, top-p, beam search, with a KV cache
+    io               files: one atomic writer, one safetensors reader (nothing unpickled)
     checks           the exercise checkers used by exercises/ and solutions/
 
 `lmkit.generate(model, ids, max_new_tokens, ...)` follows Hugging Face's `generate()`.
 """
 
-from . import (
+try:
+    import torch  # noqa: F401
+except ImportError as e:  # most often: the system Python rather than the course's .venv
+    import sys
+
+    raise ImportError(
+        f"lmkit needs PyTorch, which this Python ({sys.executable}) cannot import ({e}). "
+        "Use the course's environment: `.venv/bin/python -m lmkit ...`, or activate it first "
+        "(`source .venv/bin/activate`); `make setup` creates it."
+    ) from e
+
+from . import (  # noqa: E402
     attention,
     data,
     embeddings,
     ffn,
     generation,
+    io,
     model,
     norm,
     pretrained,
     tokenizer,
     train,
 )
-from .generation import generate, generate_stream
-from .model import ModelConfig, TransformerLM
+from .generation import generate, generate_stream  # noqa: E402
+from .model import ModelConfig, TransformerLM  # noqa: E402
 
 __version__ = "0.1.0"
 __all__ = [
     "tokenizer", "data", "embeddings", "attention", "ffn", "norm", "model", "pretrained",
-    "train", "generation", "ModelConfig", "TransformerLM", "generate", "generate_stream",
+    "train", "generation", "io", "ModelConfig", "TransformerLM", "generate", "generate_stream",
 ]

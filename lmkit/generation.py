@@ -11,14 +11,19 @@ Keywords mean what they mean in Hugging Face `generate()`. With `use_cache=True`
 is processed once and then one token at a time, reusing every layer's keys and values
 (`lmkit.attention.KVCache`); with `use_cache=False` every step recomputes the whole sequence.
 
-Context window: the whole output (prompt + new tokens) must fit in `config.context_length`.
-lmkit does not crop silently; it raises a ValueError that says how to crop the prompt.
+Context window: by default the whole output (prompt + new tokens) must fit in
+`config.context_length`; lmkit does not crop silently, it raises a ValueError that says how
+to crop the prompt. With `slide=True` the window slides instead: each new token is predicted
+from the last `context_length` tokens only. Once the output outgrows the window every step
+recomputes the whole window (the positions of the cached tokens change, so the KV cache can
+no longer be reused), which is slower.
 
 Shapes: B batch, T prompt length, V vocabulary, K beams.
 """
 
 from __future__ import annotations
 
+import numbers
 from collections.abc import Iterator
 
 import torch
@@ -30,11 +35,41 @@ __all__ = ["generate", "generate_stream", "beam_search", "top_k_filter", "top_p_
 # ----------------------------------------------------------------------------- filters
 
 
+def _check_logits(logits: Tensor, name: str) -> None:
+    if not isinstance(logits, Tensor) or logits.dim() < 1 or not logits.is_floating_point():
+        got = (f"a {logits.dtype} tensor of shape {tuple(logits.shape)}"
+               if isinstance(logits, Tensor) else type(logits).__name__)
+        raise TypeError(f"{name} expects floating-point logits of shape (..., V), got {got}")
+
+
+def _check_top_k(k) -> None:
+    """top_k is a whole number >= 1: a TypeError for True or 2.5, a ValueError for 0."""
+    if isinstance(k, bool) or not isinstance(k, numbers.Integral):
+        raise TypeError(f"top_k must be an integer >= 1 (or None for no top-k), got {k!r} of "
+                        f"type {type(k).__name__}")
+    if k < 1:
+        raise ValueError(f"top_k must be an integer >= 1 (or None for no top-k), got {k}; "
+                         "top_k=1 is greedy")
+
+
+def _check_top_p(p) -> None:
+    """top_p is a number in (0, 1]: p <= 0 would remove every token."""
+    if isinstance(p, bool) or not isinstance(p, numbers.Real):
+        raise TypeError(f"top_p must be a number in (0, 1] (or None for no top-p), got {p!r} of "
+                        f"type {type(p).__name__}")
+    if not 0.0 < p <= 1.0:
+        raise ValueError(f"top_p must be in (0, 1] (or None for no top-p), got {p}; "
+                         "a small p such as 0.1 keeps only the most likely tokens")
+
+
 def top_k_filter(logits: Tensor, k: int) -> Tensor:
     """Logits (..., V) with everything below the k-th largest set to -inf (chapter 08).
 
-    As in Hugging Face, tokens tied with the k-th largest are kept too.
+    As in Hugging Face, tokens tied with the k-th largest are kept too. k is an integer >= 1.
     """
+    _check_logits(logits, "top_k_filter")
+    _check_top_k(k)
+    k = int(k)
     if k >= logits.shape[-1]:
         return logits
     kth = torch.topk(logits, k, dim=-1).values[..., -1:]  # (..., 1)
@@ -46,7 +81,10 @@ def top_p_filter(logits: Tensor, p: float) -> Tensor:
 
     Nucleus sampling (chapter 08): sort by probability, keep a token while the mass of the
     tokens before it is still below p. The most likely token is always kept; p=1 keeps all.
+    p must be in (0, 1].
     """
+    _check_logits(logits, "top_p_filter")
+    _check_top_p(p)
     if p >= 1.0:
         return logits
     probs = torch.softmax(logits.float(), dim=-1)
@@ -62,8 +100,16 @@ def top_p_filter(logits: Tensor, p: float) -> Tensor:
 
 def _check_args(model: nn.Module, ids: Tensor, max_new_tokens: int, *, do_sample: bool,
                 temperature: float, top_k: int | None, top_p: float | None,
-                num_beams: int) -> None:
+                num_beams: int, slide: bool = False) -> None:
     """Raise a ValueError naming the wrong value and the fix, before any work is done."""
+    config = getattr(model, "config", None)
+    if config is not None and not getattr(config, "causal", True):
+        raise ValueError(
+            "generate needs a causal language model, but this model has config.causal=False: "
+            "a bidirectional encoder (chapter 10) sees every position at once and was never "
+            "trained to predict the next token, so its 'continuations' are meaningless. Use a "
+            "decoder (ModelConfig with causal=True)"
+        )
     if not isinstance(ids, Tensor) or ids.dim() != 2 or ids.dtype != torch.long:
         got = f"{ids.dtype} of shape {tuple(ids.shape)}" if isinstance(ids, Tensor) else repr(ids)
         raise ValueError(f"expected ids as a LongTensor of shape (B, T), got {got}; "
@@ -75,25 +121,33 @@ def _check_args(model: nn.Module, ids: Tensor, max_new_tokens: int, *, do_sample
     if do_sample and not temperature > 0:
         raise ValueError(f"temperature must be > 0 when sampling, got {temperature}; "
                          "for the single most likely token use do_sample=False (greedy)")
-    if top_k is not None and (not isinstance(top_k, int) or top_k < 1):
-        raise ValueError(f"top_k must be an integer >= 1 (or None for no top-k), got {top_k!r}")
-    if top_p is not None and not 0.0 < top_p <= 1.0:
-        raise ValueError(f"top_p must be in (0, 1] (or None for no top-p), got {top_p}")
+    if top_k is not None:
+        _check_top_k(top_k)
+    if top_p is not None:
+        _check_top_p(top_p)
     if not isinstance(num_beams, int) or num_beams < 1:
         raise ValueError(f"num_beams must be an integer >= 1, got {num_beams!r}")
     if num_beams > 1 and do_sample:
         raise ValueError("beam search with sampling is not supported: use num_beams=1 with "
                          "do_sample=True, or do_sample=False with num_beams > 1")
+    if not isinstance(slide, bool):
+        raise ValueError(f"slide must be True or False, got {slide!r}")
     M, T = model.config.context_length, ids.shape[1]
+    if slide:
+        if num_beams > 1 and T + max_new_tokens > M:
+            raise ValueError(f"slide=True is for greedy decoding and sampling, not beam search; "
+                             f"with num_beams={num_beams} keep prompt + max_new_tokens <= {M}")
+        return
     if max_new_tokens >= M:
         raise ValueError(f"max_new_tokens={max_new_tokens} leaves no room for the prompt in a "
-                         f"context window of {M}; ask for at most {M - 1} new tokens")
+                         f"context window of {M}; ask for at most {M - 1} new tokens, or pass "
+                         "slide=True to slide the window over longer output")
     if T + max_new_tokens > M:
         keep = M - max_new_tokens
         raise ValueError(
             f"prompt has {T} tokens but the context window is {M}, and {max_new_tokens} new "
             f"tokens must fit too; keep the last M - max_new_tokens = {keep} tokens, "
-            f"e.g. ids[:, -{keep}:]"
+            f"e.g. ids[:, -{keep}:], or pass slide=True to slide the window"
         )
 
 
@@ -114,15 +168,21 @@ def _next_logits(model: nn.Module, ids: Tensor, new: Tensor | None, cache) -> Te
 
 def _steps(model, ids, max_new_tokens, do_sample, temperature, top_k, top_p, use_cache,
            eos_token_id, generator) -> Iterator[tuple[Tensor, Tensor]]:
-    """Yield (next tokens (B,), raw logits (B, V)) for each new position, greedy or sampled."""
+    """Yield (next tokens (B,), raw logits (B, V)) for each new position, greedy or sampled.
+
+    The model sees at most the last context_length tokens (only reached with slide=True).
+    """
     B, T = ids.shape
+    M = model.config.context_length
     out = ids.new_empty(B, T + max_new_tokens)  # (B, T + new): filled as we go, no torch.cat
     out[:, :T] = ids
     cache = model.new_cache() if use_cache else None
     finished = torch.zeros(B, dtype=torch.bool, device=ids.device)
     new = None  # with the cache, the first step feeds the whole prompt
     for t in range(T, T + max_new_tokens):
-        logits = _next_logits(model, out[:, :t], new, cache).float()  # (B, V)
+        if t > M:  # the window slides: every position shifts, so the cache cannot be reused
+            cache = None
+        logits = _next_logits(model, out[:, max(0, t - M) : t], new, cache).float()  # (B, V)
         if do_sample:
             scores = logits / temperature if temperature != 1.0 else logits
             if top_k is not None:
@@ -155,14 +215,23 @@ def generate_stream(
     use_cache: bool = True,
     eos_token_id: int | None = None,
     generator: torch.Generator | None = None,
+    slide: bool = False,
 ) -> Iterator[Tensor]:
     """Yield the next tokens (B,) one step at a time, for live demos (chapter 08).
 
-    Same keywords as `generate` (greedy or sampling; no beam search). The model is in eval
-    mode while the stream runs; its training flag comes back when the stream ends or closes.
+    Same keywords as `generate` (greedy or sampling; no beam search), so the tokens are those
+    `generate` returns for the same arguments and generator state. The model is in eval mode
+    while the stream runs; its training flag comes back when the stream ends or closes.
+    The arguments are checked when the stream is created, not at the first `next()`.
     """
     _check_args(model, ids, max_new_tokens, do_sample=do_sample, temperature=temperature,
-                top_k=top_k, top_p=top_p, num_beams=1)
+                top_k=top_k, top_p=top_p, num_beams=1, slide=slide)
+    return _stream(model, ids, max_new_tokens, do_sample, temperature, top_k, top_p,
+                   use_cache, eos_token_id, generator)
+
+
+def _stream(model, ids, max_new_tokens, do_sample, temperature, top_k, top_p, use_cache,
+            eos_token_id, generator) -> Iterator[Tensor]:
     was_training = model.training
     model.eval()
     try:
@@ -188,6 +257,7 @@ def generate(
     generator: torch.Generator | None = None,
     length_penalty: float = 1.0,
     return_logits: bool = False,
+    slide: bool = False,
 ) -> Tensor | tuple[Tensor, Tensor]:
     """Continue each prompt of ids (B, T): a LongTensor (B, T + new), new <= max_new_tokens.
 
@@ -196,10 +266,12 @@ def generate(
     num_beams > 1 is beam search (see `beam_search`). Rows that produce `eos_token_id` are
     padded with it; decoding stops early once every row has. With `return_logits` (not for
     beams) also returns the model's raw logits (B, new, V) at each step. T + max_new_tokens
-    must fit in the context window: otherwise a ValueError says how to crop the prompt.
+    must fit in the context window: otherwise a ValueError says how to crop the prompt, unless
+    `slide=True`, which predicts each token from the last context_length tokens only (greedy
+    and sampling; slower once the output outgrows the window, see the module docstring).
     """
     _check_args(model, ids, max_new_tokens, do_sample=do_sample, temperature=temperature,
-                top_k=top_k, top_p=top_p, num_beams=num_beams)
+                top_k=top_k, top_p=top_p, num_beams=num_beams, slide=slide)
     if num_beams > 1:
         if return_logits:
             raise ValueError("return_logits is for greedy and sampling; beam search returns "

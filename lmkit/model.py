@@ -27,8 +27,9 @@ from dataclasses import asdict, dataclass, fields
 import torch
 from torch import Tensor, nn
 
-from lmkit.attention import KVCache, MultiHeadAttention
+from lmkit.attention import KVCache, MultiHeadAttention, RollingKVCache
 from lmkit.embeddings import (
+    ROPE_LAYOUTS,
     LearnedPositionalEmbedding,
     SinusoidalPositionalEncoding,
     TokenEmbedding,
@@ -66,6 +67,7 @@ class ModelConfig:
     activation: str = "gelu_tanh"  # "gelu" | "gelu_tanh" | "relu" | "silu" | "swiglu"
     positional: str = "learned"  # "learned" | "sinusoidal" | "rope" | "none"
     rope_theta: float = 10000.0
+    rope_layout: str = "half"  # "half" (HF, GPT-NeoX) | "interleaved" (Meta, GGUF) (chapter 09)
     bias: bool = True  # biases in every Linear and LayerNorm
     tie_embeddings: bool = True  # lm_head.weight is tok_emb.weight
     dropout: float = 0.0
@@ -82,6 +84,7 @@ class ModelConfig:
         _check_choice("norm_position", self.norm_position, NORM_POSITIONS)
         _check_choice("activation", self.activation, tuple(ACTIVATIONS))
         _check_choice("positional", self.positional, POSITIONALS)
+        _check_choice("rope_layout", self.rope_layout, ROPE_LAYOUTS)
         if self.d_model % self.n_heads != 0:
             raise ValueError(f"d_model={self.d_model} is not divisible by n_heads={self.n_heads}")
         if self.n_heads % self.num_kv_heads != 0:
@@ -179,7 +182,7 @@ class Block(nn.Module):
             c.d_model, c.n_heads, c.num_kv_heads, bias=c.bias, causal=c.causal,
             dropout=c.dropout, window=c.window, fast=fast,
             rope_theta=c.rope_theta if c.positional == "rope" else None,
-            context_length=c.context_length,
+            context_length=c.context_length, rope_layout=c.rope_layout,
         )
         self.norm2 = make_norm(c.norm, c.d_model, c.norm_eps, bias=c.bias, fast=fast)
         self.mlp = FeedForward(
@@ -256,7 +259,10 @@ class TransformerLM(nn.Module):
         return self
 
     def new_cache(self) -> list[KVCache]:
-        """An empty KV cache: one `KVCache` per block (chapter 08)."""
+        """An empty KV cache: one `KVCache` per block (chapter 08); with a sliding window a
+        `RollingKVCache` that keeps only the last window - 1 positions (chapter 09)."""
+        if self.config.window is not None:
+            return [RollingKVCache(self.config.window) for _ in self.blocks]
         return [KVCache() for _ in self.blocks]
 
     def forward(

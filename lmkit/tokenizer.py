@@ -15,12 +15,13 @@ from __future__ import annotations
 import heapq
 import json
 import os
-import tempfile
 from collections import Counter
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 
 import regex
+
+from lmkit.io import read_text, write_atomic
 
 __all__ = [
     "GPT2_SPLIT_PATTERN",
@@ -31,6 +32,10 @@ __all__ = [
     "merge",
     "bytes_to_unicode",
 ]
+
+GPT2_EOT = "<|endoftext|>"  # GPT-2's one special token, between documents
+SPECIAL_TOKENS_FILE = "special_tokens.json"  # written by save() when there are other specials
+_LOOKAHEAD = 16  # characters after a pre-split piece that decide it (GPT-2's pattern needs 3)
 
 # GPT-2's pre-split: contractions, letters, numbers, other symbols, whitespace.
 # A leading space stays glued to the word after it, so " the" is one piece.
@@ -165,10 +170,7 @@ class BPETokenizer:
         self._rank = {pair: rank for rank, pair in enumerate(self.merges)}
         self._special_split = None
         if self.special_tokens:
-            alternatives = sorted(self.special_tokens, key=len, reverse=True)
-            self._special_split = regex.compile(
-                "(" + "|".join(regex.escape(s) for s in alternatives) + ")"
-            )
+            self._special_split = _special_pattern(self.special_tokens)
         self._cache: dict[str, list[int]] = {}
 
     @property
@@ -200,6 +202,9 @@ class BPETokenizer:
         merged pair are recounted, which makes training on megabytes take seconds.
         Ties between equally frequent pairs go to the smallest pair, as in chapter 01.
         `pattern=None` trains on the raw byte sequence with no pre-split.
+
+        Special-token strings in `text` are cut out first, exactly as `encode` does: no merge
+        crosses or enters a special token (encoding could never use such a merge).
         """
         special_tokens = list(special_tokens or [])
         if len(set(special_tokens)) != len(special_tokens):
@@ -213,8 +218,13 @@ class BPETokenizer:
             )
         n_merges = vocab_size - 256 - len(special_tokens)
 
-        # Pre-split, then count each distinct piece once: "the" may occur 20,000 times.
-        pieces = Counter(regex.findall(pattern, text) if pattern else [text])
+        # Cut out the special tokens, pre-split each part between them, then count each
+        # distinct piece once: "the" may occur 20,000 times.
+        parts = _special_pattern(special_tokens).split(text) if special_tokens else [text]
+        pieces: Counter[str] = Counter()
+        for part in parts[::2]:  # the separators (the special tokens) sit at odd positions
+            if part:
+                pieces.update(regex.findall(pattern, part) if pattern else [part])
         words = [list(piece.encode("utf-8")) for piece in pieces]
         freqs = list(pieces.values())
 
@@ -305,6 +315,50 @@ class BPETokenizer:
                 ids.extend(self.encode_ordinary(part))
         return ids
 
+    def encode_iterable(self, chunks: Iterable[str]) -> Iterator[int]:
+        """Encode a stream of text (the lines of an open file, say) lazily: exactly the ids of
+        `encode("".join(chunks))`, holding only the last unfinished piece in memory.
+
+        Chunks may end anywhere, inside a word or inside a special token. A pre-split piece is
+        given out once enough text follows it to be sure it cannot grow; a special token once
+        every longer special token that could start there is ruled out. With `pattern=None`
+        the whole text is one piece, so nothing can be given out before the end.
+        """
+        hold = max(map(len, self.special_tokens), default=1) - 1  # may start a special token
+        buffer = ""
+        for chunk in chunks:
+            if not isinstance(chunk, str):
+                raise TypeError(f"encode_iterable expects chunks of text (str), got "
+                                f"{type(chunk).__name__}; open files in text mode")
+            buffer += chunk
+            ids, buffer = self._encode_finished(buffer, hold)
+            yield from ids
+        yield from self.encode(buffer)
+
+    def _encode_finished(self, text: str, hold: int) -> tuple[list[int], str]:
+        """(ids of the start of `text` that more text cannot change, the rest of `text`)."""
+        ids: list[int] = []
+        pos, end = 0, len(text)
+        safe = max(0, end - hold)  # a special token starting before it lies wholly inside text
+        while self._special_split is not None:
+            m = self._special_split.search(text, pos)
+            if m is None or m.start() >= safe:
+                break
+            ids.extend(self.encode_ordinary(text[pos : m.start()]))
+            ids.append(self.special_tokens[m.group()])
+            pos = m.end()
+        # ordinary text up to `safe`: give out the pieces that the next characters cannot change
+        # (GPT-2's pattern decides a piece from at most 3 characters after it; 16 is ample)
+        ordinary = text[pos:safe]
+        done = 0
+        if self._split is not None:
+            for m in self._split.finditer(ordinary):
+                if m.end() + _LOOKAHEAD > len(ordinary):
+                    break
+                ids.extend(self._encode_piece(m.group()))
+                done = m.end()
+        return ids, text[pos + done :]
+
     def decode(self, ids: Iterable[int]) -> str:
         """Ids back to text. Bytes that do not form valid UTF-8 on their own become U+FFFD."""
         ids = _check_ids(ids, self.vocab_size)
@@ -338,12 +392,25 @@ class BPETokenizer:
         if len(vocab) != len(self.vocab):
             raise ValueError("two tokens have the same bytes; GPT-2 files cannot represent that")
         lines = ["#version: 0.2"] + [f"{name(a)} {name(b)}" for a, b in self.merges]
-        _write_atomic(directory / "vocab.json", json.dumps(vocab, ensure_ascii=False, indent=1))
-        _write_atomic(directory / "merges.txt", "\n".join(lines) + "\n")
+        write_atomic(directory / "vocab.json", json.dumps(vocab, ensure_ascii=False, indent=1))
+        write_atomic(directory / "merges.txt", "\n".join(lines) + "\n")
+        specials = directory / SPECIAL_TOKENS_FILE
+        if set(self.special_tokens) - {GPT2_EOT}:  # more than GPT-2's convention: list them
+            write_atomic(specials, json.dumps(list(self.special_tokens), ensure_ascii=False))
+        elif specials.exists():
+            specials.unlink()  # a stale list from an earlier save would add wrong specials
 
     @classmethod
-    def load(cls, directory: str | os.PathLike) -> BPETokenizer:
-        """Read GPT-2 format `vocab.json` and `merges.txt` (ours, or OpenAI's GPT-2 files)."""
+    def load(
+        cls, directory: str | os.PathLike, special_tokens: list[str] | None = None
+    ) -> BPETokenizer:
+        """Read GPT-2 format `vocab.json` and `merges.txt` (ours, or OpenAI's GPT-2 files).
+
+        Special tokens are never guessed: they are `special_tokens` if given, else the list
+        `save` wrote to special_tokens.json, else GPT-2's convention (`<|endoftext|>`, if the
+        vocabulary has it). Every other vocab entry must be a byte or made by a line of
+        merges.txt: a truncated merges.txt is a ValueError naming the first token it lacks.
+        """
         directory = Path(directory)
         vocab_path, merges_path = directory / "vocab.json", directory / "merges.txt"
         for path in (vocab_path, merges_path):
@@ -352,7 +419,7 @@ class BPETokenizer:
                     f"{path} not found: a GPT-2 tokenizer folder holds vocab.json and merges.txt"
                 )
         try:
-            vocab = json.loads(vocab_path.read_text(encoding="utf-8"))
+            vocab = json.loads(read_text(vocab_path))
         except json.JSONDecodeError as e:
             raise ValueError(f"{vocab_path} is not valid JSON: {e}") from None
         if not isinstance(vocab, dict) or not all(
@@ -374,9 +441,20 @@ class BPETokenizer:
         for c, b in char_byte.items():
             byte_ids[b] = vocab[c]
 
+        if special_tokens is None:
+            special_tokens = _saved_special_tokens(directory)
+        gpt2_convention = special_tokens is None  # decided once the merges are known
+        special_tokens = [] if special_tokens is None else list(special_tokens)
+        unknown = [s for s in special_tokens if s not in vocab]
+        if unknown:
+            raise ValueError(f"special token {unknown[0]!r} is not in {vocab_path}")
+        specials = {s: vocab[s] for s in special_tokens}
+        special_ids = set(specials.values())
+
+        both = f"{vocab_path} and {merges_path} do not match"
         merges: dict[tuple[int, int], int] = {}
-        lines = merges_path.read_text(encoding="utf-8").splitlines()
-        for n, line in enumerate(lines, start=1):
+        made = set(byte_ids)  # ids that are bytes or made by an earlier merge
+        for n, line in enumerate(read_text(merges_path).splitlines(), start=1):
             if not line or (n == 1 and line.startswith("#version")):
                 continue
             parts = line.split(" ")
@@ -388,12 +466,30 @@ class BPETokenizer:
             a, b = parts
             for tok in (a, b, a + b):
                 if tok not in vocab:
-                    raise ValueError(f"{merges_path} line {n}: token {tok!r} is not in vocab.json")
+                    raise ValueError(f"{both}: {merges_path} line {n}: token {tok!r} is not "
+                                     f"in vocab.json")
+            for tok in (a, b):
+                if vocab[tok] not in made:
+                    raise ValueError(f"{both}: {merges_path} line {n} merges {tok!r}, which is "
+                                     "not a byte and no earlier line makes")
+            if vocab[a + b] in special_ids:
+                raise ValueError(f"{both}: {merges_path} line {n} makes {a + b!r}, which is "
+                                 "listed as a special token")
             merges[(vocab[a], vocab[b])] = vocab[a + b]
+            made.add(vocab[a + b])
 
-        made = set(byte_ids) | set(merges.values())
-        special = {tok: i for tok, i in vocab.items() if i not in made}
-        return cls(merges, special, byte_ids=byte_ids)
+        if gpt2_convention and GPT2_EOT in vocab and vocab[GPT2_EOT] not in made:
+            specials[GPT2_EOT] = vocab[GPT2_EOT]
+            special_ids.add(vocab[GPT2_EOT])
+        for tok, i in sorted(vocab.items(), key=lambda kv: kv[1]):
+            if i not in made and i not in special_ids:
+                raise ValueError(
+                    f"{both}: vocab.json has token {tok!r} (id {i}), which is not a byte, "
+                    f"not made by any line of merges.txt and not a special token. Is "
+                    f"merges.txt truncated? If {tok!r} is a special token, pass "
+                    f"special_tokens=[...] to BPETokenizer.load"
+                )
+        return cls(merges, specials, byte_ids=byte_ids)
 
 
 def _progress_bar(total: int, enabled: bool, desc: str):
@@ -404,13 +500,21 @@ def _progress_bar(total: int, enabled: bool, desc: str):
     return tqdm(total=total, desc=desc)
 
 
-def _write_atomic(path: Path, text: str) -> None:
-    """Write to a temporary file beside `path`, then rename: never a half-written file."""
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name, suffix=".tmp")
+def _special_pattern(special_tokens: Iterable[str]) -> regex.Pattern:
+    """A regex that finds the special tokens, the longest first, and keeps them when splitting."""
+    alternatives = sorted(special_tokens, key=len, reverse=True)
+    return regex.compile("(" + "|".join(regex.escape(s) for s in alternatives) + ")")
+
+
+def _saved_special_tokens(directory: Path) -> list[str] | None:
+    """The special tokens `save` listed in special_tokens.json; None if there is no such file."""
+    path = directory / SPECIAL_TOKENS_FILE
+    if not path.is_file():
+        return None
     try:
-        with os.fdopen(fd, "w", encoding="utf-8", newline="\n") as f:
-            f.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        os.unlink(tmp)
-        raise
+        specials = json.loads(read_text(path))
+    except json.JSONDecodeError as e:
+        raise ValueError(f"{path} is not valid JSON: {e}") from None
+    if not isinstance(specials, list) or not all(isinstance(s, str) and s for s in specials):
+        raise ValueError(f"{path} must hold a list of special-token strings, got {specials!r}")
+    return specials

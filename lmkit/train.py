@@ -5,8 +5,8 @@
     schedule     linear warm-up to `lr`, then cosine decay to `min_lr` at the last step
     clipping     the gradient is rescaled so that its global norm is at most `grad_clip`
     Trainer      the loop, periodic validation, a tqdm progress bar, the loss history
-    checkpoints  safetensors for tensors + JSON for the rest, written atomically;
-                 resuming from one continues the run exactly
+    checkpoints  safetensors for tensors + JSON for the rest, saved all or nothing (a new
+                 folder swapped in); resuming from one continues the run exactly
 
 A checkpoint folder holds:
 
@@ -23,27 +23,31 @@ from __future__ import annotations
 import json
 import math
 import os
-import tempfile
+import shutil
 import time
+from collections.abc import Iterable
 from dataclasses import asdict, dataclass, fields
+from importlib import resources
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
-from safetensors.torch import load_file, save_file
+from safetensors.torch import save_file
 from torch import Tensor, nn
 
 from lmkit.data import get_batch
+from lmkit.io import read_safetensors, read_text, write_atomic
 from lmkit.model import ModelConfig, TransformerLM
 
 __all__ = [
     "TrainConfig", "Trainer", "train", "pick_device", "lm_loss", "lr_at",
     "configure_optimizer", "clip_grad_norm", "evaluate", "save_model", "load_model",
-    "sample", "sequence_loss", "load_course_model", "COURSE_MODEL",
+    "sequence_loss", "load_course_model", "COURSE_MODEL",
 ]
 
-# The small model trained on Shakespeare by tools/train_course_model.py, shipped with the course.
-COURSE_MODEL = Path(__file__).resolve().parents[1] / "models" / "shakespeare"
+# The small model trained on Shakespeare by tools/train_course_model.py, shipped inside the
+# package (package data, so a normal `pip install` has it too): lmkit/models/shakespeare.
+COURSE_MODEL = Path(str(resources.files("lmkit").joinpath("models", "shakespeare")))
 
 
 @dataclass
@@ -125,6 +129,10 @@ def configure_optimizer(
 ) -> torch.optim.AdamW:
     """AdamW with two groups, as nanoGPT: decay every 2-D weight (matrices, embeddings), none
     on 1-D ones (biases, norm gains): shrinking a gain or a bias towards 0 is not regularisation.
+
+    Where PyTorch has one (CPU and CUDA float parameters), the fused AdamW kernel updates all
+    parameters in one pass: the same update as the plain loop, faster. Create the optimizer
+    after moving the model to its device.
     """
     params = [p for p in model.parameters() if p.requires_grad]  # a tied matrix appears once
     decay = [p for p in params if p.dim() >= 2]
@@ -133,17 +141,37 @@ def configure_optimizer(
         {"params": decay, "weight_decay": weight_decay},
         {"params": no_decay, "weight_decay": 0.0},
     ]
-    return torch.optim.AdamW(groups, lr=lr, betas=betas)
+    fused = bool(params) and all(
+        p.device.type in ("cpu", "cuda") and p.dtype in (torch.float32, torch.float16,
+                                                         torch.bfloat16, torch.float64)
+        for p in params
+    )
+    return torch.optim.AdamW(groups, lr=lr, betas=betas, fused=fused or None)
 
 
-def clip_grad_norm(parameters, max_norm: float) -> Tensor:
-    """Scale all gradients together so their global L2 norm is at most max_norm; return the
+def clip_grad_norm(
+    parameters: Tensor | Iterable[Tensor],
+    max_norm: float,
+    norm_type: float = 2.0,
+    error_if_nonfinite: bool = False,
+) -> Tensor:
+    """Scale all gradients together so their global norm is at most max_norm; return the
     norm before clipping. Same as torch.nn.utils.clip_grad_norm_ (chapter 07 writes it out).
+
+    `parameters` is what torch accepts: one tensor, or a list or generator of tensors.
     """
+    if isinstance(parameters, Tensor):
+        parameters = [parameters]  # iterating a tensor would give its rows, not the tensor
     grads = [p.grad for p in parameters if p.grad is not None]
     if not grads:
         return torch.tensor(0.0)
-    total = torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(g) for g in grads]))
+    norm_type = float(norm_type)
+    norms = [torch.linalg.vector_norm(g, norm_type) for g in grads]  # one per tensor
+    total = torch.linalg.vector_norm(torch.stack([n.to(grads[0].device) for n in norms]),
+                                     norm_type)
+    if error_if_nonfinite and not torch.isfinite(total):
+        raise RuntimeError(f"the total gradient norm is {total.item()}: clipping cannot fix "
+                           "a non-finite gradient (set error_if_nonfinite=False to go on)")
     scale = torch.clamp(max_norm / (total + 1e-6), max=1.0)
     for g in grads:
         g.mul_(scale.to(g.device))
@@ -288,8 +316,17 @@ class Trainer:
     # ------------------------------------------------------------------ checkpoints
 
     def save(self, folder: str | os.PathLike) -> None:
-        """Write a checkpoint (weights, optimizer, RNG states, step, history) into `folder`."""
-        folder = Path(folder)
+        """Write a checkpoint (weights, optimizer, RNG states, step, history) into `folder`.
+
+        All or nothing: the checkpoint is written complete into a new folder beside `folder`,
+        which then replaces it (two renames). Interrupted at any point, `folder` afterwards
+        loads as the previous checkpoint or the new one; the next save or load removes what
+        an interrupted save left behind. Other files in `folder` (a tokenizer) are kept.
+        """
+        folder = Path(folder).resolve()  # a symlinked folder: swap its target, keep the link
+        if folder.exists() and not folder.is_dir():
+            raise NotADirectoryError(f"{folder} is a file; Trainer.save writes a folder")
+        _recover(folder)
         opt = self.optimizer.state_dict()
         tensors = {f"state.{i}.{k}": v.detach().cpu().contiguous()
                    for i, s in opt["state"].items() for k, v in s.items()}
@@ -304,11 +341,18 @@ class Trainer:
             "param_groups": opt["param_groups"],
         }
         meta = {"step": str(self.step)}
-        save_model(self.model, folder, _last=False, _metadata=meta)
-        _write_atomic(folder / "optimizer.safetensors",
-                      lambda p: save_file(tensors, p, metadata=meta))
-        _write_atomic(folder / "trainer_state.json",  # last: a complete checkpoint is one with it
-                      lambda p: Path(p).write_text(json.dumps(state, indent=1), encoding="utf-8"))
+        new = _sibling(folder, "saving")
+        new.mkdir(parents=True)
+        try:
+            save_model(self.model, new, _last=False, _metadata=meta)
+            write_atomic(new / "optimizer.safetensors",
+                         lambda p: save_file(tensors, p, metadata=meta))
+            write_atomic(new / "trainer_state.json", json.dumps(state, indent=1))
+            _carry_over(folder, new)
+        except BaseException:
+            shutil.rmtree(new, ignore_errors=True)
+            raise
+        _swap_in(new, folder)
 
     @classmethod
     def load(
@@ -320,6 +364,7 @@ class Trainer:
     ) -> Trainer:
         """Rebuild a Trainer from `save`'s folder; `run()` then continues exactly where it was."""
         folder = Path(folder)
+        _recover(folder)
         state_path = folder / "trainer_state.json"
         if not state_path.is_file():
             raise FileNotFoundError(
@@ -327,13 +372,13 @@ class Trainer:
                 "(Trainer.save writes config.json, model.safetensors, optimizer.safetensors "
                 "and trainer_state.json)"
             )
-        state = json.loads(state_path.read_text(encoding="utf-8"))
+        state = json.loads(read_text(state_path))
         config = TrainConfig.from_dict(state["train_config"])
         if device is not None:
             config.device = device
         model = load_model(folder, _step=state["step"])
         self = cls(model, train_ids, val_ids, config)
-        tensors, meta = _read_safetensors(folder / "optimizer.safetensors")
+        tensors, meta = read_safetensors(folder / "optimizer.safetensors")
         _check_step(folder / "optimizer.safetensors", meta, state["step"])
         opt_state: dict[int, dict[str, Tensor]] = {}
         for key, value in tensors.items():
@@ -387,9 +432,9 @@ def save_model(
         t = t.detach().cpu()
         tensors[key] = (t.to(dtype) if dtype is not None else t).contiguous()
     config = json.dumps(model.config.to_dict(), indent=1)
-    _write_atomic(folder / "model.safetensors",
-                  lambda p: save_file(tensors, p, metadata=_metadata or {}))
-    _write_atomic(folder / "config.json", lambda p: Path(p).write_text(config, encoding="utf-8"))
+    write_atomic(folder / "model.safetensors",
+                 lambda p: save_file(tensors, p, metadata=_metadata or {}))
+    write_atomic(folder / "config.json", config)
 
 
 def load_model(
@@ -403,14 +448,15 @@ def load_model(
     A tensor whose name or shape does not match config.json is an error naming the first one.
     """
     folder = Path(folder)
+    _recover(folder)
     if not folder.is_dir():
         raise FileNotFoundError(f"model folder {folder} does not exist")
     for name in ("config.json", "model.safetensors"):
         if not (folder / name).is_file():
             raise FileNotFoundError(f"{folder / name} not found: a model folder holds "
                                     "config.json and model.safetensors")
-    config = ModelConfig.from_dict(json.loads((folder / "config.json").read_text("utf-8")))
-    tensors, meta = _read_safetensors(folder / "model.safetensors")
+    config = ModelConfig.from_dict(json.loads(read_text(folder / "config.json")))
+    tensors, meta = read_safetensors(folder / "model.safetensors")
     if _step is not None:
         _check_step(folder / "model.safetensors", meta, _step)
     model = TransformerLM(config)
@@ -439,8 +485,8 @@ def load_course_model(device: str | torch.device = "cpu"):
     from lmkit.tokenizer import BPETokenizer
 
     if not (COURSE_MODEL / "model.safetensors").is_file():
-        raise FileNotFoundError(f"the course model is missing from {COURSE_MODEL}; "
-                                "rebuild it with `make course-model`")
+        raise FileNotFoundError(f"the course model is missing from {COURSE_MODEL}; rebuild it "
+                                "with `make course-model`, or reinstall lmkit")
     return load_model(COURSE_MODEL, device=device).eval(), BPETokenizer.load(COURSE_MODEL)
 
 
@@ -452,71 +498,63 @@ def _weights(model: TransformerLM) -> dict[str, Tensor]:
     return {k: v.data for k, v in state.items()}
 
 
-def _read_safetensors(path: Path) -> tuple[dict[str, Tensor], dict[str, str]]:
-    from safetensors import safe_open
-
-    if not path.is_file():
-        raise FileNotFoundError(f"{path} not found")
-    with safe_open(str(path), framework="pt") as f:
-        meta = f.metadata() or {}
-    return load_file(str(path)), meta
-
-
 def _check_step(path: Path, meta: dict[str, str], step: int) -> None:
     if "step" in meta and int(meta["step"]) != step:
         raise ValueError(f"{path} is from step {meta['step']} but trainer_state.json says step "
                          f"{step}: the checkpoint was only partly written; use another one")
 
 
-def _write_atomic(path: Path, write) -> None:
-    """write(tmp_path) beside `path`, then rename over it: an interrupted save leaves the old
-    file (or none), never a half-written one."""
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name, suffix=".tmp")
-    os.close(fd)
-    try:
-        write(tmp)
-        os.chmod(tmp, 0o644)  # mkstemp makes it private; a model folder is meant to be shared
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+CHECKPOINT_FILES = ("config.json", "model.safetensors", "optimizer.safetensors",
+                    "trainer_state.json")
 
 
-# ---------------------------------------------------------------------- sampling
+def _sibling(folder: Path, tag: str) -> Path:
+    """`.NAME.tag` beside `folder`: where a save writes (`saving`) or parks the old one (`old`)."""
+    folder = folder.resolve()
+    return folder.parent / f".{folder.name}.{tag}"
 
 
-@torch.no_grad()
-def sample(
-    model: TransformerLM,
-    ids: list[int],
-    max_new_tokens: int,
-    temperature: float = 1.0,
-    top_k: int | None = None,
-    generator: torch.Generator | None = None,
-) -> list[int]:
-    """Continue `ids` by `max_new_tokens` tokens; temperature 0 is greedy (chapters 07, 08).
-
-    A small loop for demos; lmkit.generation (chapter 08) has the full decoding toolbox.
-    """
-    if temperature < 0:
-        raise ValueError(f"temperature must be >= 0, got {temperature}")
-    if top_k is not None and top_k < 1:
-        raise ValueError(f"top_k must be a positive integer, got {top_k}")
-    model.eval()
-    device = next(model.parameters()).device
-    out = list(ids)
-    T_max = model.config.context_length
-    for _ in range(max_new_tokens):
-        x = torch.tensor([out[-T_max:]], dtype=torch.long, device=device)  # (1, T)
-        logits = model(x)[0, -1].float().cpu()  # (V,)
-        if temperature == 0:
-            out.append(int(logits.argmax()))
+def _carry_over(old: Path, new: Path) -> None:
+    """Hard-link (or copy) every file of `old` that is not part of a checkpoint into `new`."""
+    if not old.is_dir():
+        return
+    for src in old.iterdir():
+        if src.name in CHECKPOINT_FILES:
             continue
-        logits = logits / temperature
-        if top_k is not None and top_k < logits.numel():
-            kth = torch.topk(logits, top_k).values[-1]
-            logits = logits.masked_fill(logits < kth, float("-inf"))
-        probs = torch.softmax(logits, dim=-1)
-        out.append(int(torch.multinomial(probs, 1, generator=generator)))
-    return out
+        if src.is_dir() and not src.is_symlink():
+            shutil.copytree(src, new / src.name, symlinks=True, copy_function=_link_or_copy)
+        else:
+            _link_or_copy(src, new / src.name)
+    shutil.copymode(old, new)
+
+
+def _link_or_copy(src, dst) -> None:
+    try:
+        os.link(src, dst, follow_symlinks=False)
+    except OSError:
+        shutil.copy2(src, dst, follow_symlinks=False)
+
+
+def _swap_in(new: Path, folder: Path) -> None:
+    """Replace `folder` by the complete folder `new`: park the old one, rename, delete it."""
+    old = _sibling(folder, "old")
+    if folder.exists():
+        os.replace(folder, old)
+    os.replace(new, folder)  # interrupted before this line: _recover finishes the swap
+    if old.exists():
+        shutil.rmtree(old)
+
+
+def _recover(folder: Path) -> None:
+    """Tidy up after an interrupted `Trainer.save`, keeping the newest complete checkpoint.
+
+    `.NAME.saving` is complete only once `folder` has been parked as `.NAME.old`; a missing
+    `folder` with a parked one means the swap stopped between its two renames.
+    """
+    folder = folder.resolve()
+    new, old = _sibling(folder, "saving"), _sibling(folder, "old")
+    if not folder.exists() and old.exists():
+        os.replace(new if new.exists() else old, folder)
+    for leftover in (new, old):
+        if leftover.exists():
+            shutil.rmtree(leftover)

@@ -183,3 +183,45 @@ def test_clear_errors():
 def test_weight_names_follow_hf():
     names = {n for n, _ in MultiHeadAttention(16, 4, n_kv_heads=2, bias=False).named_parameters()}
     assert names == {"q_proj.weight", "k_proj.weight", "v_proj.weight", "o_proj.weight"}
+
+
+# ----------------------------------------------------------------------- padding
+
+
+def test_a_query_with_no_key_gets_zeros_on_both_paths():
+    q, k, v = qkv(B=1, H=2, Tq=3, Tk=3)
+    mask = torch.tensor([[False, False, False], [True, False, False], [True, True, True]])
+    out, weights = scaled_dot_product_attention(q, k, v, mask, return_weights=True)
+    torch.testing.assert_close(out, F.scaled_dot_product_attention(q, k, v, attn_mask=mask))
+    assert torch.equal(out[..., 0, :], torch.zeros_like(out[..., 0, :]))
+    assert torch.equal(weights[..., 0, :], torch.zeros_like(weights[..., 0, :]))
+    torch.testing.assert_close(weights[..., 1:, :].sum(-1), torch.ones(1, 2, 2))
+
+
+@pytest.mark.parametrize("fast", [False, True])
+def test_left_padding_on_a_whole_model_gives_the_unpadded_logits_and_no_nan(fast):
+    """Row 0 is left-padded with 3 tokens hidden by the mask. The pad queries see no key at
+    all; NaN there must not spread, and with RoPE (relative positions) the real tokens must
+    get exactly the logits of the same tokens run without padding."""
+    from lmkit.model import ModelConfig, TransformerLM
+
+    torch.manual_seed(0)
+    cfg = ModelConfig.llama(vocab_size=50, context_length=16, d_model=32, n_layers=3,
+                            n_heads=4, n_kv_heads=2)
+    model = TransformerLM(cfg, fast=fast)
+    ids = torch.randint(1, 50, (2, 8), generator=torch.Generator().manual_seed(1))
+    ids[0, :3] = 0  # padding
+    attention_mask = torch.ones(2, 8, dtype=torch.bool)
+    attention_mask[0, :3] = False
+    logits = model(ids, mask=attention_mask[:, None, None, :])  # (B, T, V)
+    assert torch.isfinite(logits).all()
+    with torch.no_grad():
+        alone = model(ids[:1, 3:])  # the real tokens of row 0, no padding, no mask
+        full = model(ids[1:])
+    torch.testing.assert_close(logits[0, 3:], alone[0], atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(logits[1], full[0], atol=1e-5, rtol=1e-5)
+    other = TransformerLM(cfg, fast=not fast)
+    other.load_state_dict(model.state_dict())
+    torch.testing.assert_close(other(ids, mask=attention_mask[:, None, None, :]), logits)
+    logits[0, 3:].logsumexp(-1).sum().backward()  # gradients stay finite too
+    assert all(torch.isfinite(p.grad).all() for p in model.parameters() if p.grad is not None)

@@ -1,4 +1,4 @@
-"""The shipped course model (models/shakespeare) loads and matches its recorded validation loss."""
+"""The shipped course model (lmkit/models/shakespeare) loads and matches its recorded validation loss."""
 
 import json
 import math
@@ -24,7 +24,7 @@ def record():
 
 def test_course_model_is_small_and_documented(record):
     size = sum(p.stat().st_size for p in COURSE_MODEL.iterdir())
-    assert size < 4_000_000, f"models/shakespeare is {size:,} bytes; keep it under a few MB"
+    assert size < 4_000_000, f"lmkit/models/shakespeare is {size:,} bytes; keep it under a few MB"
     readme = (COURSE_MODEL / "README.md").read_text("utf-8")
     assert "python tools/train_course_model.py" in readme and str(record["seed"]) in readme
     assert f"{record['val_slice_loss_float16']:.4f}" in readme

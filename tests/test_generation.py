@@ -388,3 +388,101 @@ def test_generate_is_exported_at_the_top_level():
     import lmkit
 
     assert lmkit.generate is generate and callable(lmkit.generate_stream)
+
+
+# ----------------------------------------------------------------------------- filters validate
+
+
+@pytest.mark.parametrize(("k", "error", "match"), [
+    (0, ValueError, "top_k must be an integer >= 1.*got 0"),
+    (-3, ValueError, "got -3"),
+    (True, TypeError, "got True of type bool"),
+    (2.5, TypeError, "got 2.5 of type float"),
+    ("5", TypeError, "got '5' of type str"),
+])
+def test_top_k_filter_validates_k(k, error, match):
+    with pytest.raises(error, match=match):
+        top_k_filter(torch.randn(2, 10), k)
+
+
+@pytest.mark.parametrize(("p", "error", "match"), [
+    (0.0, ValueError, r"top_p must be in \(0, 1\].*got 0.0"),
+    (-0.5, ValueError, "got -0.5"),
+    (1.5, ValueError, "got 1.5"),
+    (float("nan"), ValueError, "got nan"),
+    (True, TypeError, "got True of type bool"),
+    ("0.9", TypeError, "got '0.9' of type str"),
+])
+def test_top_p_filter_validates_p(p, error, match):
+    with pytest.raises(error, match=match):
+        top_p_filter(torch.randn(2, 10), p)
+
+
+def test_filters_reject_what_is_not_float_logits():
+    with pytest.raises(TypeError, match="floating-point logits.*torch.int64"):
+        top_k_filter(torch.arange(10), 3)
+    with pytest.raises(TypeError, match="floating-point logits.*list"):
+        top_p_filter([0.1, 0.2], 0.5)
+
+
+def test_numpy_integer_k_is_accepted():
+    import numpy as np
+
+    x = torch.randn(3, 10, generator=torch.Generator().manual_seed(0))
+    assert torch.equal(top_k_filter(x, np.int64(3)), top_k_filter(x, 3))
+
+
+def test_generate_passes_the_same_checks():
+    with pytest.raises(TypeError, match="top_k must be an integer >= 1.*got True"):
+        generate(tiny(), prompt(), 3, do_sample=True, top_k=True)
+
+
+def test_generate_refuses_an_encoder():
+    torch.manual_seed(0)
+    encoder = TransformerLM(ModelConfig(vocab_size=V, context_length=16, d_model=32, n_layers=1,
+                                        n_heads=4, causal=False))
+    for run in (lambda: generate(encoder, prompt(), 3),
+                lambda: list(generate_stream(encoder, prompt(), 3)),
+                lambda: beam_search(encoder, prompt(), 3, num_beams=2)):
+        with pytest.raises(ValueError, match=r"causal language model.*config.causal=False"):
+            run()
+
+
+# ----------------------------------------------------------------------------- by hand
+
+
+def test_greedy_equals_argmax_of_a_full_forward_at_each_step_by_hand():
+    """The reference loop: run the whole sequence, take the argmax of the last position."""
+    model = tiny()
+    x = prompt(B=3, T=4)
+    seq = x.clone()
+    with torch.no_grad():
+        for _ in range(15):
+            nxt = model(seq)[:, -1].argmax(dim=-1)  # (B,)
+            seq = torch.cat((seq, nxt[:, None]), dim=1)
+    assert torch.equal(generate(model, x, 15), seq)
+    assert torch.equal(generate(model, x, 15, use_cache=False), seq)
+
+
+def test_sampling_equals_a_hand_written_sampler_on_the_same_generator():
+    """softmax(logits / T), keep the top k and the nucleus by hand, one multinomial per step."""
+    model = tiny()
+    x = prompt(B=2, T=3)
+    temperature, k, p = 1.3, 8, 0.8
+    g = torch.Generator().manual_seed(5)
+    seq = x.clone()
+    with torch.no_grad():
+        for _ in range(12):
+            logits = model(seq)[:, -1] / temperature  # (B, V)
+            kth = logits.sort(dim=-1, descending=True).values[:, k - 1 : k]  # (B, 1)
+            logits = torch.where(logits >= kth, logits, float("-inf"))
+            probs = torch.softmax(logits, dim=-1)
+            sorted_p, order = probs.sort(dim=-1, descending=True)
+            keep_sorted = (sorted_p.cumsum(-1) - sorted_p) < p  # mass before it is below p
+            keep = torch.zeros_like(keep_sorted).scatter(-1, order, keep_sorted)
+            probs = torch.softmax(logits.masked_fill(~keep, float("-inf")), dim=-1)
+            nxt = torch.multinomial(probs, 1, generator=g)  # (B, 1)
+            seq = torch.cat((seq, nxt), dim=1)
+    got = generate(model, x, 12, do_sample=True, temperature=temperature, top_k=k, top_p=p,
+                   generator=torch.Generator().manual_seed(5))
+    assert torch.equal(got, seq)

@@ -130,4 +130,38 @@ def test_unsupported_folders_and_names(tmp_path, monkeypatch):
 
     monkeypatch.setattr(huggingface_hub, "snapshot_download", offline)
     with pytest.raises(OSError, match=r"no network in this test.*Offline, pass the path"):
-        load_hf("someone/some-model")
+        load_hf("someone/some-model", allow_download=True)
+
+
+def test_a_path_typo_never_tries_the_hub(tmp_path, monkeypatch):
+    import huggingface_hub
+
+    tried = []
+    monkeypatch.setattr(huggingface_hub, "snapshot_download", lambda *a, **k: tried.append(a))
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "models" / "shakespeare").mkdir(parents=True)
+    for typo in ("models/shakespear", "shakespear", "gpt2"):
+        with pytest.raises(FileNotFoundError, match=rf"'{typo}' is not a folder.*no such folder "
+                                                    rf"'{tmp_path / typo}'.*allow_download=True"):
+            load_hf(typo)
+    assert tried == []
+
+
+@pytest.mark.parametrize(
+    ("content", "cause"),
+    [
+        (b"", "the file is empty"),
+        (None, "looks like a PyTorch pickle"),
+        (b"version https://git-lfs.github.com/spec/v1\noid sha256:abc\n", "Git LFS pointer"),
+        (b"\x10\x00\x00\x00\x00\x00\x00\x00{not a header}", "not a safetensors header"),
+    ],
+)
+def test_a_file_that_is_not_safetensors_is_named_with_the_likely_cause(tmp_path, content, cause):
+    GPT2LMHeadModel(gpt2_config(32, 1, 2)).save_pretrained(tmp_path)
+    weights = tmp_path / "model.safetensors"
+    if content is None:
+        torch.save({"w": torch.zeros(3)}, weights)  # a pickle named model.safetensors
+    else:
+        weights.write_bytes(content)
+    with pytest.raises(ValueError, match=rf"{weights} is not a valid safetensors file: .*{cause}"):
+        load_hf(tmp_path)

@@ -5,7 +5,7 @@ import random
 
 import pytest
 import tiktoken
-from hypothesis import given
+from hypothesis import given, settings
 from hypothesis import strategies as st
 from transformers import GPT2TokenizerFast
 
@@ -228,3 +228,156 @@ def test_malformed_files_are_clear_errors(tmp_path, vocab, merges, message):
 def test_load_missing_folder_is_a_clear_error(tmp_path):
     with pytest.raises(FileNotFoundError, match="vocab.json"):
         BPETokenizer.load(tmp_path / "nope")
+
+
+# ----------------------------------------------------------------------------- special tokens in training
+
+SPECIALS = [SPECIAL, "<|end|>", "<|end|>!"]  # the third starts with the second
+
+
+def documents_with_specials(corpus: str, n: int = 60) -> str:
+    """Short documents (no '<', '|', '>' of their own) joined by special tokens."""
+    plain = corpus[:40_000].replace("<", "").replace("|", "").replace(">", "")
+    docs = [plain[i * 600 : (i + 1) * 600] for i in range(n)]
+    joins = [SPECIALS[i % len(SPECIALS)] for i in range(n)]
+    return "".join(d + j for d, j in zip(docs, joins))
+
+
+@pytest.fixture(scope="module")
+def special_tok(corpus) -> BPETokenizer:
+    return BPETokenizer.train(documents_with_specials(corpus), 420, special_tokens=SPECIALS)
+
+
+def test_training_never_merges_into_or_across_special_tokens(special_tok):
+    """The documents contain no '<', '|' or '>' of their own: an ordinary token with one of
+    these bytes was learned inside a special token or across a document boundary (b'.<')."""
+    specials = set(special_tok.special_tokens.values())
+    ordinary = [special_tok.vocab[i] for i in special_tok.merges.values() if i not in specials]
+    assert len(ordinary) == 420 - 256 - len(SPECIALS)
+    crossing = [t for t in ordinary if set(t) & set(b"<|>")]
+    assert crossing == []
+
+
+def test_every_learned_merge_is_used_when_encoding_the_training_text(special_tok, corpus):
+    text = documents_with_specials(corpus)
+    ids = special_tok.encode(text)
+    unused = set(special_tok.merges.values()) - set(ids)
+    # a merge whose token is always merged further is still used: walk the merge tree down
+    parts = {new: pair for pair, new in special_tok.merges.items()}
+    used, todo = set(), list(set(ids))
+    while todo:
+        i = todo.pop()
+        if i in parts and i not in used:
+            used.add(i)
+            todo.extend(parts[i])
+    assert unused - used == set()
+    assert ids.count(special_tok.special_tokens[SPECIAL]) == 20
+
+
+# ----------------------------------------------------------------------------- streaming
+
+
+@given(
+    st.lists(st.sampled_from(["the", " cat", "'s", "'ll", "  ", "\n", "\n\n", " ", "42", "!",
+                              "é", "🤗", "<|", "end", "|>", "!", *SPECIALS]), max_size=40),
+    st.lists(st.integers(0, 400), max_size=8),
+)
+def test_encode_iterable_equals_encode_for_any_chunking(special_tok, words, cuts):
+    """Chunk boundaries anywhere (inside a word, inside a special token) change no id."""
+    text = "".join(words)
+    cuts = sorted(min(c, len(text)) for c in cuts)
+    chunks = [text[a:b] for a, b in zip([0, *cuts], [*cuts, len(text)])]
+    assert list(special_tok.encode_iterable(chunks)) == special_tok.encode(text)
+
+
+@settings(max_examples=300)
+@given(st.lists(st.one_of(st.text(max_size=12), st.sampled_from(SPECIALS)), max_size=12),
+       st.lists(st.integers(0, 200), max_size=10))
+def test_encode_iterable_equals_encode_on_any_unicode(special_tok, parts, cuts):
+    text = "".join(parts)
+    cuts = sorted(min(c, len(text)) for c in cuts)
+    chunks = [text[a:b] for a, b in zip([0, *cuts], [*cuts, len(text)])]
+    assert list(special_tok.encode_iterable(chunks)) == special_tok.encode(text)
+
+
+def test_encode_iterable_on_a_file_character_by_character(special_tok, corpus, tmp_path):
+    text = documents_with_specials(corpus, n=6)
+    (tmp_path / "t.txt").write_text(text, encoding="utf-8")
+    with open(tmp_path / "t.txt", encoding="utf-8") as f:
+        assert list(special_tok.encode_iterable(f)) == special_tok.encode(text)
+    assert list(special_tok.encode_iterable(iter(text))) == special_tok.encode(text)
+
+
+def test_encode_iterable_is_lazy_and_holds_little_text(tok):
+    """A million lines: the first ids come before the input ends, the buffer stays small."""
+    held = []
+
+    def lines():
+        for i in range(1_000_000):
+            yield f"line {i}: to be, or not to be\n"
+            held.append(i)
+
+    stream = tok.encode_iterable(lines())
+    first = [next(stream) for _ in range(50)]
+    assert len(held) < 20  # only a few lines were read to produce 50 ids
+    assert first == tok.encode("".join(f"line {i}: to be, or not to be\n" for i in range(20)))[:50]
+    frame = stream.gi_frame.f_locals
+    assert len(frame["buffer"]) < 200
+
+
+def test_encode_iterable_rejects_bytes(tok):
+    with pytest.raises(TypeError, match="chunks of text.*bytes.*text mode"):
+        list(tok.encode_iterable([b"abc"]))
+
+
+# ----------------------------------------------------------------------------- loading is strict
+
+
+def test_truncated_merges_is_an_error_naming_both_files_and_the_token(tok, tmp_path):
+    tok.save(tmp_path)
+    lines = (tmp_path / "merges.txt").read_text(encoding="utf-8").splitlines()
+    (tmp_path / "merges.txt").write_text("\n".join(lines[:-10]) + "\n", encoding="utf-8")
+    first_lost = "".join(bytes_to_unicode()[b] for b in tok.vocab[599 - 10])
+    with pytest.raises(ValueError) as e:
+        BPETokenizer.load(tmp_path)
+    msg = str(e.value)
+    assert "vocab.json" in msg and "merges.txt" in msg and "truncated" in msg
+    assert f"{first_lost!r} (id {599 - 10})" in msg
+
+
+def test_special_tokens_only_from_a_list_or_gpt2_convention(corpus, tmp_path):
+    trained = BPETokenizer.train(documents_with_specials(corpus, n=10), 300,
+                                 special_tokens=SPECIALS)
+    trained.save(tmp_path)
+    assert BPETokenizer.load(tmp_path).special_tokens == trained.special_tokens  # saved list
+    (tmp_path / "special_tokens.json").unlink()
+    with pytest.raises(ValueError, match=r"'<\|end\|>' \(id 298\).*special_tokens=\["):
+        BPETokenizer.load(tmp_path)  # only <|endoftext|> is assumed
+    given_list = BPETokenizer.load(tmp_path, special_tokens=SPECIALS)
+    assert given_list.special_tokens == trained.special_tokens
+    with pytest.raises(ValueError, match=r"special token '<\|nope\|>' is not in .*vocab.json"):
+        BPETokenizer.load(tmp_path, special_tokens=["<|nope|>"])
+
+
+def test_merge_listed_before_its_parts_is_an_error(tmp_path):
+    m = bytes_to_unicode()
+    vocab = {c: b for b, c in m.items()}
+    vocab.update({"hi": 256, "hi!": 257})
+    (tmp_path / "vocab.json").write_text(json.dumps(vocab), encoding="utf-8")
+    (tmp_path / "merges.txt").write_text("#version: 0.2\nhi !\nh i\n", encoding="utf-8")
+    with pytest.raises(ValueError, match=r"merges.txt line 2 merges 'hi', which is not a byte"):
+        BPETokenizer.load(tmp_path)
+
+
+@pytest.mark.parametrize("name", ["vocab.json", "merges.txt"])
+def test_non_utf8_file_is_a_value_error_naming_it(tok, tmp_path, name):
+    tok.save(tmp_path)
+    (tmp_path / name).write_bytes((tmp_path / name).read_bytes() + b"\xff\xfe")
+    with pytest.raises(ValueError, match=rf"{name} is not valid UTF-8"):
+        BPETokenizer.load(tmp_path)
+
+
+def test_saved_files_are_readable_by_everyone(tok, tmp_path):
+    tok.save(tmp_path)
+    for name in ("vocab.json", "merges.txt"):
+        assert (tmp_path / name).stat().st_mode & 0o777 == 0o644

@@ -77,24 +77,95 @@ def test_weight_decay_on_matrices_only():
     assert any(p is model.tok_emb.weight for p in decay["params"])
 
 
-def test_clip_grad_norm_matches_torch():
-    torch.manual_seed(0)
-    a = [torch.nn.Parameter(torch.randn(4, 3)), torch.nn.Parameter(torch.randn(5))]
+def grads_pair(seed=0):
+    """Two identical sets of parameters with gradients: one for lmkit, one for torch."""
+    torch.manual_seed(seed)
+    a = [torch.nn.Parameter(torch.randn(4, 3)), torch.nn.Parameter(torch.randn(5)),
+         torch.nn.Parameter(torch.randn(2))]  # the last has no gradient
     b = [torch.nn.Parameter(p.detach().clone()) for p in a]
-    for p, q in zip(a, b):
+    for p, q in zip(a[:2], b[:2]):
         p.grad = torch.randn_like(p) * 3
         q.grad = p.grad.clone()
-    n1 = T.clip_grad_norm(a, 1.0)
-    n2 = torch.nn.utils.clip_grad_norm_(b, 1.0)
+    return a, b
+
+
+@pytest.mark.parametrize("form", ["list", "generator", "tuple", "single tensor"])
+@pytest.mark.parametrize("norm_type", [2.0, 1.0, math.inf])
+def test_clip_grad_norm_matches_torch(form, norm_type):
+    a, b = grads_pair()
+    wrap = {"list": list, "generator": lambda ps: (p for p in ps), "tuple": tuple,
+            "single tensor": lambda ps: ps[0]}[form]
+    n1 = T.clip_grad_norm(wrap(a), 1.0, norm_type=norm_type)
+    n2 = torch.nn.utils.clip_grad_norm_(wrap(b), 1.0, norm_type=norm_type)
     torch.testing.assert_close(n1, n2)
+    assert n1 > 1.0  # the gradients were really clipped
     for p, q in zip(a, b):
+        if p.grad is None:
+            assert q.grad is None
+        else:
+            torch.testing.assert_close(p.grad, q.grad)
+
+
+def test_clip_grad_norm_of_a_model_and_nonfinite_gradients():
+    torch.manual_seed(0)
+    m1 = TransformerLM(tiny_config())
+    m2 = TransformerLM(tiny_config())
+    m2.load_state_dict(m1.state_dict())
+    x = torch.randint(32, (2, 8))
+    for m in (m1, m2):
+        (m(x) ** 2).mean().mul(100).backward()
+    torch.testing.assert_close(T.clip_grad_norm(m1.parameters(), 0.5),
+                               torch.nn.utils.clip_grad_norm_(m2.parameters(), 0.5))
+    for p, q in zip(m1.parameters(), m2.parameters()):
         torch.testing.assert_close(p.grad, q.grad)
+    p = torch.nn.Parameter(torch.zeros(3))
+    p.grad = torch.tensor([1.0, float("inf"), 0.0])
+    with pytest.raises(RuntimeError, match="non-finite"):
+        T.clip_grad_norm(p, 1.0, error_if_nonfinite=True)
 
 
-def test_pick_device_honours_the_override_and_falls_back_to_cpu():
+CUDA = torch.cuda.is_available()
+MPS = torch.backends.mps.is_available()
+
+
+def test_pick_device_honours_the_override():
     assert T.pick_device("cpu") == torch.device("cpu")
-    if not torch.cuda.is_available() and not torch.backends.mps.is_available():
-        assert T.pick_device() == torch.device("cpu")
+    assert T.pick_device("meta") == torch.device("meta")  # whatever the machine has
+
+
+@pytest.mark.skipif(CUDA or MPS, reason="this machine has an accelerator: the tests below "
+                                        "check that pick_device chooses it")
+def test_pick_device_falls_back_to_cpu_without_an_accelerator():
+    assert T.pick_device() == torch.device("cpu")
+
+
+@pytest.mark.skipif(not CUDA, reason="no CUDA device on this machine")
+def test_on_a_cuda_machine_training_runs_on_the_gpu_and_resumes(tmp_path):
+    assert T.pick_device() == torch.device("cuda")
+    train, val = tiny_data()
+    torch.manual_seed(0)
+    t = T.Trainer(TransformerLM(tiny_config()), train, val, tcfg(steps=4, device=None))
+    assert all(p.device.type == "cuda" for p in t.model.parameters())
+    t.run(steps=2, progress=False)
+    assert all(math.isfinite(x) for x in t.history["loss"])
+    t.save(tmp_path / "ckpt")
+    assert "rng.cuda" in load_file(tmp_path / "ckpt" / "optimizer.safetensors")
+    resumed = T.Trainer.load(tmp_path / "ckpt", train, val)
+    assert resumed.step == 2 and next(resumed.model.parameters()).device.type == "cuda"
+    t.run(progress=False)
+    resumed.run(progress=False)
+    for (k, a), b in zip(t.model.state_dict().items(), resumed.model.state_dict().values()):
+        torch.testing.assert_close(a, b, msg=k)
+
+
+@pytest.mark.skipif(CUDA or not MPS, reason="no MPS device (or CUDA, which comes first)")
+def test_on_an_mps_machine_training_runs_on_mps():
+    assert T.pick_device() == torch.device("mps")
+    train, val = tiny_data()
+    t = T.Trainer(TransformerLM(tiny_config()), train, val, tcfg(steps=2, device=None))
+    assert all(p.device.type == "mps" for p in t.model.parameters())
+    t.run(progress=False)
+    assert all(math.isfinite(x) for x in t.history["loss"])
 
 
 def test_training_lowers_the_loss_and_records_history():
@@ -154,6 +225,7 @@ def test_checkpoint_files_are_safetensors_and_json(tmp_path):
     state = json.loads((tmp_path / "trainer_state.json").read_text())
     assert state["step"] == 2 and state["train_config"]["steps"] == 2
     assert "lm_head.weight" not in load_file(tmp_path / "model.safetensors")  # tied: stored once
+    assert all(p.stat().st_mode & 0o777 == 0o644 for p in tmp_path.iterdir())  # as tokenizer files
 
 
 def test_save_and_load_model_round_trip_and_float16(tmp_path):
@@ -198,8 +270,8 @@ def test_interrupted_save_keeps_the_previous_checkpoint(tmp_path, monkeypatch):
     torch.manual_seed(0)
     t = T.Trainer(TransformerLM(tiny_config()), train, val, tcfg(steps=4))
     t.run(steps=2, progress=False)
-    t.save(tmp_path)
-    before = {p.name: p.read_bytes() for p in tmp_path.iterdir()}
+    t.save(tmp_path / "ckpt")
+    before = {p.name: p.read_bytes() for p in (tmp_path / "ckpt").iterdir()}
     t.run(progress=False)
 
     def crash(*args, **kwargs):
@@ -207,10 +279,73 @@ def test_interrupted_save_keeps_the_previous_checkpoint(tmp_path, monkeypatch):
 
     monkeypatch.setattr(T, "save_file", crash)  # dies while writing the weights
     with pytest.raises(KeyboardInterrupt):
-        t.save(tmp_path)
-    after = {p.name: p.read_bytes() for p in tmp_path.iterdir()}
-    assert after == before  # no temp files left, old files intact
-    assert T.Trainer.load(tmp_path, train, val).step == 2
+        t.save(tmp_path / "ckpt")
+    after = {p.name: p.read_bytes() for p in (tmp_path / "ckpt").iterdir()}
+    assert after == before  # old files intact
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["ckpt"]  # nothing left beside it
+    assert T.Trainer.load(tmp_path / "ckpt", train, val).step == 2
+
+
+# The file-system steps of one save: 4 files written (each ends in an os.replace), then the
+# old folder is parked (os.replace), the new one renamed in (os.replace), the old one deleted.
+SAVE_STEPS = ["model.safetensors", "config.json", "optimizer.safetensors",
+              "trainer_state.json", "park the old folder", "rename the new one in",
+              "delete the old one"]
+
+
+@pytest.mark.parametrize("crash_at", range(len(SAVE_STEPS)), ids=SAVE_STEPS)
+def test_save_interrupted_at_any_step_resumes_at_the_old_or_the_new_step(
+    tmp_path, monkeypatch, crash_at
+):
+    import os
+    import shutil
+
+    train, val = tiny_data()
+    torch.manual_seed(0)
+    t = T.Trainer(TransformerLM(tiny_config()), train, val, tcfg(steps=4))
+    t.run(steps=2, progress=False)
+    folder = tmp_path / "ckpt"
+    t.save(folder)
+    (folder / "vocab.json").write_text("{}")  # a tokenizer saved beside the checkpoint
+    t.run(progress=False)
+
+    calls = []
+    real_replace, real_rmtree = os.replace, shutil.rmtree
+
+    def step(real):
+        def patched(*args, **kwargs):
+            calls.append(args)
+            if len(calls) - 1 == crash_at:
+                raise KeyboardInterrupt
+            return real(*args, **kwargs)
+        return patched
+
+    monkeypatch.setattr(os, "replace", step(real_replace))
+    monkeypatch.setattr(shutil, "rmtree", lambda p, *a, **kw: (
+        step(real_rmtree)(p, *a, **kw) if str(p).endswith(".old") else real_rmtree(p, *a, **kw)))
+    with pytest.raises(KeyboardInterrupt):
+        t.save(folder)
+    monkeypatch.undo()
+    assert len(calls) == crash_at + 1
+
+    resumed = T.Trainer.load(folder, train, val)
+    assert resumed.step == (2 if crash_at < 5 else 4)  # the old step until the new folder is in
+    assert (folder / "vocab.json").read_text() == "{}"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["ckpt"]  # leftovers cleaned up
+    t.save(folder)  # and saving works again
+    assert T.Trainer.load(folder, train, val).step == 4
+
+
+def test_stale_leftovers_of_a_killed_save_are_removed(tmp_path):
+    train, val = tiny_data()
+    torch.manual_seed(0)
+    t = T.Trainer(TransformerLM(tiny_config()), train, val, tcfg(steps=4))
+    t.run(steps=2, progress=False)
+    t.save(tmp_path / "ckpt")
+    (tmp_path / ".ckpt.saving").mkdir()  # a save killed (SIGKILL, power cut) while writing
+    (tmp_path / ".ckpt.saving" / "model.safetensors").write_bytes(b"half")
+    assert T.load_model(tmp_path / "ckpt", device="cpu") is not None
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["ckpt"]
 
 
 def test_partly_written_checkpoint_is_detected(tmp_path):
@@ -225,18 +360,6 @@ def test_partly_written_checkpoint_is_detected(tmp_path):
         (tmp_path / "old" / "model.safetensors").read_bytes())
     with pytest.raises(ValueError, match="only partly written"):
         T.Trainer.load(tmp_path / "new", train, val)
-
-
-def test_sample_greedy_is_deterministic_and_respects_top_k():
-    torch.manual_seed(0)
-    model = TransformerLM(tiny_config())
-    a = T.sample(model, [1, 2], 20, temperature=0)
-    assert a == T.sample(model, [1, 2], 20, temperature=0) and len(a) == 22
-    g1, g2 = torch.Generator().manual_seed(0), torch.Generator().manual_seed(0)
-    assert T.sample(model, [1], 10, 1.0, generator=g1) == T.sample(model, [1], 10, 1.0,
-                                                                   generator=g2)
-    greedy = T.sample(model, [1], 10, temperature=0)
-    assert T.sample(model, [1], 10, temperature=1.0, top_k=1) == greedy
 
 
 def test_sequence_loss_averages_consecutive_windows():
@@ -271,3 +394,29 @@ def test_pick_device_prefers_cuda_then_mps(monkeypatch):
     assert T.pick_device() == torch.device("mps")
     monkeypatch.setattr(torch.backends.mps, "is_available", lambda: False)
     assert T.pick_device() == torch.device("cpu")
+
+
+def test_save_through_a_symlink_keeps_the_link_and_refuses_a_file(tmp_path):
+    train, val = tiny_data()
+    torch.manual_seed(0)
+    t = T.Trainer(TransformerLM(tiny_config()), train, val, tcfg(steps=4))
+    (tmp_path / "real").mkdir()
+    (tmp_path / "link").symlink_to(tmp_path / "real")
+    t.run(steps=2, progress=False)
+    t.save(tmp_path / "link")
+    t.run(progress=False)
+    t.save(tmp_path / "link")
+    assert (tmp_path / "link").is_symlink()
+    assert T.Trainer.load(tmp_path / "real", train, val).step == 4
+    (tmp_path / "file").write_text("x")
+    with pytest.raises(NotADirectoryError, match="is a file"):
+        t.save(tmp_path / "file")
+
+
+@pytest.mark.parametrize(("content", "cause"), [(b"", "empty"), (b"\x80\x02}q\x00.", "pickle")])
+def test_model_file_that_is_not_safetensors_is_named(tmp_path, content, cause):
+    T.save_model(TransformerLM(tiny_config()), tmp_path)
+    (tmp_path / "model.safetensors").write_bytes(content)
+    with pytest.raises(ValueError, match=rf"model.safetensors is not a valid safetensors file: "
+                                         rf".*{cause}"):
+        T.load_model(tmp_path)

@@ -1,4 +1,4 @@
-"""Train the course model shipped in models/shakespeare/ (used by chapters 00, 08 and 11).
+"""Train the course model shipped in lmkit/models/shakespeare/ (used by chapters 00, 08 and 11).
 
     python tools/train_course_model.py            # or: make course-model
 
