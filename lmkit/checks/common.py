@@ -180,7 +180,8 @@ def call(fn, *args, name: str, may_change: Sequence[int] = ()):
         raise AssertionError(f"{name}({shown}) raised {type(e).__name__}: {e}") from e
     for i, path, t, saved in before:
         if not _same(t.detach() if isinstance(t, Tensor) else t, saved):
-            fail(f"{name} changed its input `{names[i]}{path}` in place: {INPLACE.hint}")
+            fail(f"{name} changed one of its input tensors in place, `{names[i]}{path}`: "
+                 f"{INPLACE.hint}")
     return out
 
 
