@@ -119,8 +119,10 @@ def test_checker_hides_its_own_frames():
         _a_check(lambda x: x)
     assert str(e.value) == "the hint" and e.value.__cause__ is None
     assert e.value.__suppress_context__  # no "During handling of ..." chain of our internals
-    names = [f.name for f in traceback.extract_tb(e.value.__traceback__)]
-    assert "fail" not in names and "call" not in names
+    frames = traceback.extract_tb(e.value.__traceback__)
+    assert "fail" not in [f.name for f in frames] and "call" not in [f.name for f in frames]
+    assert frames[-1].filename == "<lmkit check>"  # the last frame a student sees: the verdict
+    assert "read the hint below" in frames[-1].line
 
     def stub(x):
         raise NotImplementedError("exercise not solved yet")

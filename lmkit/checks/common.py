@@ -11,6 +11,7 @@ from __future__ import annotations
 import copy
 import functools
 import inspect
+import linecache
 import math
 import os
 from collections.abc import Callable, Iterator, Sequence
@@ -96,9 +97,17 @@ def checker(check: Callable) -> Callable:
             err = AssertionError(str(e))
         except NotImplementedError as e:  # the stub: show the student's line that raised it
             raise e.with_traceback(_student_tb(e.__traceback__)) from None
-        raise err from cause
+        # raised from a one-line code object without a source file, so that the last frame
+        # the student sees is the check's verdict, not the checker's code
+        exec(_VERDICT, {"hint": err, "cause": cause})
 
     return wrapper
+
+
+_VERDICT_FILE = "<lmkit check>"
+_VERDICT_SRC = "raise hint from cause  # your answer was rejected: read the hint below\n"
+_VERDICT = compile(_VERDICT_SRC, _VERDICT_FILE, "exec")
+linecache.cache[_VERDICT_FILE] = (len(_VERDICT_SRC), None, [_VERDICT_SRC], _VERDICT_FILE)
 
 
 # --------------------------------------------------------------------------- calling the student
