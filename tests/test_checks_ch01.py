@@ -335,3 +335,9 @@ def test_short_text_is_tested():
     text = "".join(ch01._TEXTS)
     for cp in (0x80, 0x7FF, 0x800, 0xFFFF, 0x10000):
         assert chr(cp) in text
+
+
+def test_merge_without_skip_is_named_on_the_first_case():
+    """Issue 10: forgetting to skip past a merged pair got only 'should give [9, 3, 9]'."""
+    with pytest.raises(AssertionError, match=r"merge_pair\(\[1, 2, 3, 1, 2\].*skip past both"):
+        ch01.check_merge_pair(no_skip)
