@@ -341,3 +341,52 @@ def test_merge_without_skip_is_named_on_the_first_case():
     """Issue 10: forgetting to skip past a merged pair got only 'should give [9, 3, 9]'."""
     with pytest.raises(AssertionError, match=r"merge_pair\(\[1, 2, 3, 1, 2\].*skip past both"):
         ch01.check_merge_pair(no_skip)
+
+
+def string_replace(ids, pair, new_id):  # joins the ids into a string: "11 2" contains "1 2"
+    s = " ".join(map(str, ids)).replace(f"{pair[0]} {pair[1]}", str(new_id))
+    return [int(t) for t in s.split()]
+
+
+def lowered(text, n):
+    return train_bpe(text.lower().strip(), n)
+
+
+def ties_by_first_id(text, n):
+    ids, merges = list(text.encode("utf-8")), {}
+    for new_id in range(256, 256 + n):
+        stats = get_stats(ids)
+        if not stats:
+            break
+        pair = min(stats, key=lambda p: (-stats[p], p[0]))
+        merges[pair] = new_id
+        ids = merge(ids, pair, new_id)
+    return merges
+
+
+def replay_newest_first(text, merges):
+    ids = list(text.encode("utf-8"))
+    for pair, new_id in sorted(merges.items(), key=lambda kv: -kv[1]):
+        ids = merge(ids, pair, new_id)
+    return ids
+
+
+REVIEW = [
+    Wrong("merge_pair", "one_id", string_replace),  # "11 2" -> "19"? caught by a wrong value
+    Wrong("train_bpe", "text", lowered),
+    Wrong("train_bpe", "ties", ties_by_first_id),
+    Wrong("bpe_encode", "order", replay_newest_first),
+]
+
+
+CATALOGUE += REVIEW[1:]
+
+
+@pytest.mark.parametrize("wrong", REVIEW[1:], ids=lambda w: w.id)
+def test_review_wrong_answers(wrong):
+    assert_rejected(ch01, wrong)
+
+
+def test_string_replace_is_rejected():
+    with pytest.raises(AssertionError, match=r"merge_pair\(\[11, 2\]"):
+        ch01.check_merge_pair(string_replace)

@@ -274,3 +274,35 @@ def test_alternative_correct_answers_pass(capsys):
     ch02.check_one_hot_embed(lambda ids, W: torch.einsum("...v,vc->...c",
                                                          F.one_hot(ids, W.shape[0]).float(), W))
     assert capsys.readouterr().out.count("✓") == 3
+
+
+def fixed_swap(layer, x, n_trials=3):  # one hand-picked reordering
+    perm = torch.tensor([1, 0, *range(2, x.shape[1])])
+    return torch.allclose(layer(x[:, perm]), layer(x)[:, perm], atol=1e-5)
+
+
+def rolls_only(layer, x, n_trials=3):
+    return all(torch.allclose(layer(x.roll(s, 1)), layer(x).roll(s, 1), atol=1e-5)
+               for s in range(1, n_trials + 1))
+
+
+REVIEW = [
+    Wrong("one_hot_embed", "index", lambda ids, W: torch.embedding(W, ids)),
+    Wrong("one_hot_embed", "index", lambda ids, W: W.detach().index_select(0, ids.flatten())
+          .view(*ids.shape, -1)),
+    Wrong("one_hot_embed", "index", lambda ids, W: torch.stack([W.unbind(0)[i] for i in
+                                                                ids.flatten().tolist()])
+          .view(*ids.shape, -1)),
+    Wrong("one_hot_embed", "index", lambda ids, W: torch.tensor(W.tolist())[ids]),
+    Wrong("one_hot_embed", "index", lambda ids, W: torch.cat([W.narrow(0, i, 1) for i in
+                                                              ids.flatten().tolist()])
+          .view(*ids.shape, -1)),
+    Wrong("permutation_test", "reversal", fixed_swap),
+    Wrong("permutation_test", "reversal", rolls_only),
+]
+CATALOGUE += REVIEW
+
+
+@pytest.mark.parametrize("wrong", REVIEW, ids=lambda w: w.id)
+def test_review_wrong_answers(wrong):
+    assert_rejected(ch02, wrong)

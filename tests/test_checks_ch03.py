@@ -261,3 +261,13 @@ def test_issue10_hints():
         ch03.check_multi_head_attention(variant(scale=lambda D, C: D))
     assert "sqrt(C)" not in str(e.value)
     assert OVERFLOW.hint in ch03.MISTAKES["attention"]["overflow"].hint
+
+
+def max_over_all_then_mask(scores, mask):  # the max includes masked scores
+    e = (scores - scores.max(-1, keepdim=True).values).exp() * mask
+    return e / e.sum(-1, keepdim=True)
+
+
+def test_max_over_masked_scores_is_caught():
+    with pytest.raises(AssertionError, match="contains NaN"):
+        ch03.check_masked_softmax(max_over_all_then_mask)

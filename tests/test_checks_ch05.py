@@ -261,3 +261,29 @@ def test_count_norm_params_reference_is_a_real_model():
 def test_lmkit_norms_pass(capsys):
     ch05.check_rms_norm(lambda x, w, eps: F.rms_norm(x, x.shape[-1:], w, eps))
     assert "✓" in capsys.readouterr().out
+
+
+def rms_no_grad(x, w, eps):
+    with torch.no_grad():
+        return rms()(x, w, eps)
+
+
+def builds_blocks(c):
+    from lmkit.model import Block
+    with torch.device("meta"):
+        blocks = [Block(c) for _ in range(c.n_layers)]
+    return sum(p.numel() for b in blocks for n in (b.norm1, b.norm2) for p in n.parameters())
+
+
+REVIEW = [
+    Wrong("layer_norm", "forbidden", lambda x, w, b, eps: F.group_norm(
+        x.reshape(-1, x.shape[-1], 1), 1, None, None, eps).reshape(x.shape) * w + b),
+    Wrong("rms_norm", "no_grad", rms_no_grad),
+    Wrong("count_norm_params", "build", builds_blocks),
+]
+CATALOGUE += REVIEW
+
+
+@pytest.mark.parametrize("wrong", REVIEW, ids=lambda w: w.id)
+def test_review_wrong_answers(wrong):
+    assert_rejected(ch05, wrong)

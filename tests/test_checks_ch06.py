@@ -261,3 +261,16 @@ def test_checkers_leave_the_global_rng_alone():
     ch06.check_block_forward(pre_norm)
     ch06.check_gpt2_block_weights(gpt2_block_weights)
     torch.testing.assert_close(torch.rand(3), expected)
+
+
+def builds_on_meta(c):
+    with torch.device("meta"):
+        return TransformerLM(c).num_parameters()
+
+
+REVIEW = [Wrong("count_params", "build", builds_on_meta)]
+CATALOGUE += REVIEW
+
+
+def test_count_params_refuses_building():
+    assert_rejected(ch06, REVIEW[0])

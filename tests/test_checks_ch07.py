@@ -41,7 +41,7 @@ W1 = [
     Wrong("cross_entropy", "block", lambda lg, t: -torch.log_softmax(lg, -1)[:, t].mean()),
     Wrong("cross_entropy", "dim0", lambda lg, t: (torch.logsumexp(lg, 0) - lg[torch.arange(
         len(t)), t]).mean()),
-    Wrong("cross_entropy", "argmax", lambda lg, t: F.cross_entropy(lg, lg.argmax(-1))),
+    Wrong("cross_entropy", "argmax", lambda lg, t: rows(lg, lg.argmax(-1)).mean()),
     Wrong("cross_entropy", "scalar", rows),
     Wrong("cross_entropy", "sign", lambda lg, t: -cross_entropy(lg, t)),
     Wrong("cross_entropy", "type", lambda lg, t: cross_entropy(lg, t).item()),
@@ -228,7 +228,8 @@ def test_catalogue_complete():
 
 def test_alternatives_pass(capsys):
     ch07.check_clip_by_global_norm(clip_in_place)  # in place, as clip_grad_norm_ does
-    ch07.check_cross_entropy(lambda lg, t: F.cross_entropy(lg, t))
+    ch07.check_cross_entropy(lambda lg, t: -torch.log_softmax(lg, -1)[torch.arange(len(t)), t]
+                             .mean())
     assert capsys.readouterr().out.count("✓") == 2
 
 
@@ -236,3 +237,30 @@ def test_int32_targets_really_fail_in_cross_entropy():
     """Why make_batch must keep int64: the issue's int32 targets break F.cross_entropy."""
     with pytest.raises(RuntimeError):
         F.cross_entropy(torch.randn(3, 5), torch.tensor([1, 2, 3], dtype=torch.int32))
+
+
+def summed_loss(model, optimizer, x, y, max_norm):
+    optimizer.zero_grad()
+    loss = F.cross_entropy(model(x).flatten(0, 1), y.flatten(), reduction="sum")
+    loss.backward()
+    torch.nn.utils.clip_grad_norm_(model.parameters(), max_norm)
+    optimizer.step()
+    return loss.item() / y.numel()
+
+
+def log_of_softmax(logits, targets):
+    return -torch.softmax(logits, -1)[torch.arange(len(targets)), targets].log().mean()
+
+
+REVIEW = [
+    Wrong("cross_entropy", "forbidden", lambda lg, t: F.cross_entropy(lg, t)),
+    Wrong("cross_entropy", "forbidden", lambda lg, t: F.nll_loss(torch.log_softmax(lg, -1), t)),
+    Wrong("cross_entropy", "overflow", log_of_softmax),
+    Wrong("train_step", "loss_fn", summed_loss),
+]
+CATALOGUE += REVIEW
+
+
+@pytest.mark.parametrize("wrong", REVIEW, ids=lambda w: w.id)
+def test_review_wrong_answers(wrong):
+    assert_rejected(ch07, wrong)

@@ -272,3 +272,16 @@ def test_alternatives_pass(capsys):
     ch08.check_beam_step(lambda bs, lp, K: tuple(t.flip(0) for t in right_beam_step(bs, lp, K)))
     ch08.check_top_p_mask(nucleus())
     assert capsys.readouterr().out.count("✓") == 2
+
+
+REVIEW = [
+    Wrong("temperature_softmax", "dtype", lambda lg, T: torch.softmax(lg.double() / T, -1)),
+    Wrong("beam_step", "dtype", lambda bs, lp, K: (lambda s, b, t: (s, b.float(), t.float()))(
+        *right_beam_step(bs, lp, K))),
+]
+CATALOGUE += REVIEW
+
+
+@pytest.mark.parametrize("wrong", REVIEW, ids=lambda w: w.id)
+def test_review_wrong_answers(wrong):
+    assert_rejected(ch08, wrong)

@@ -142,7 +142,8 @@ MISTAKES: dict[str, dict[str, Mistake]] = {
         "all_trials": M("returning after the first trial (or when any trial agrees)",
                         "return True only after ALL n_trials permutations agree: return False "
                         "as soon as one disagrees, and True after the loop"),
-        "reversal": M("one fixed reordering (`x.flip(1)`) instead of random permutations",
+        "reversal": M("one fixed reordering (`x.flip(1)`, a swap, a roll) instead of random "
+                      "permutations",
                       "use random permutations (torch.randperm(T)), not one fixed reordering"),
         "dim": M("permuting the batch or the channel dimension",
                  "permute dim 1 (positions) of x, which is (B, T, C): x[:, perm]"),
@@ -179,8 +180,12 @@ def _call(fn, *args, name: str, shown: str):
 
 # ----------------------------------------------------------------------------- exercise 1
 
-_INDEXING = [torch.Tensor.__getitem__, F.embedding, torch.index_select, torch.Tensor.index_select,
-             torch.take, torch.Tensor.take, torch.gather, torch.Tensor.gather]
+_INDEXING = [torch.Tensor.__getitem__, F.embedding, torch.embedding, torch.index_select,
+             torch.Tensor.index_select, torch.take, torch.Tensor.take, torch.gather,
+             torch.Tensor.gather, torch.Tensor.unbind, torch.unbind, torch.Tensor.tolist,
+             torch.Tensor.narrow, torch.narrow, torch.Tensor.split, torch.split,
+             torch.Tensor.chunk, torch.chunk, torch.Tensor.select, torch.select,
+             torch.Tensor.numpy, torch.Tensor.__iter__, torch.index_add, torch.Tensor.item]
 
 
 def _one_hot_cases() -> list[tuple[torch.Tensor, torch.Tensor]]:
@@ -464,6 +469,10 @@ def _layers() -> list[tuple[str, object, bool, str, int]]:
          "position t sums positions 0..t", 0),
         ("x + x reversed (x + x.flip(1))", lambda x: x + x.flip(1), False,
          "it commutes with reversing the sequence, but not with other permutations", 0),
+        ("x + its third position (x + x[:, 2:3])", lambda x: x + x[:, 2:3], False,
+         "it commutes only with the permutations that keep position 2 in place", 0),
+        ("x + x rolled by one (x + x.roll(1, 1))", lambda x: x + x.roll(1, 1), False,
+         "it commutes with rolling the sequence, but not with other permutations", 0),
     ]
 
 
@@ -513,10 +522,12 @@ def check_permutation_test(fn) -> None:
         if equivariant:
             key = "compare" if name.startswith("the identity") else "tolerance"
             fail(f"{head}: {H[key].hint}")
-        if perms and perms <= {tuple(range(T - 1, -1, -1))}:
-            fail(f"{head} not ({why}): {H['reversal'].hint}")
-        if len(perms) <= 1 or seed:
+        if seed:
             fail(f"{head} not ({why}): {H['all_trials'].hint}")
+        fixed = {tuple(range(T - 1, -1, -1))} | {tuple((i - r) % T for i in range(T))
+                                                  for r in range(T)}  # the flip and the rolls
+        if len(perms) <= 1 or perms <= fixed:
+            fail(f"{head} not ({why}): {H['reversal'].hint}")
         fail(f"{head} not ({why}): are you permuting dim 1 (positions) of x, which is (B, T, C), "
              "and applying the same perm to the output?")
     passed("is_permutation_equivariant", len(layers))

@@ -236,6 +236,8 @@ def _softmax_cases() -> list[tuple[str, torch.Tensor, torch.Tensor]]:
         ("one allowed key per row", torch.randn(3, 5, generator=g), one_key),
         ("scores around ±1000", large, torch.tensor([[True, True, True, False]] * 2)),
         ("scores of -3e9, below -1e9", very_low, causal4[:3]),
+        ("a masked score far above the allowed one, [[-100, 100]] with mask [[True, False]]",
+         torch.tensor([[-100.0, 100.0]]), torch.tensor([[True, False]])),
     ]
 
 

@@ -94,6 +94,7 @@ MISTAKES: dict[str, dict[str, Mistake]] = {
                    "you took the mean square over the whole tensor; RMSNorm normalizes each "
                    "vector on its own: x.pow(2).mean(dim=-1, keepdim=True)"),
         "keepdim": _SHAPE,
+        "no_grad": NO_GRAD,
         "inplace": INPLACE,
     },
     "pre_norm_block": {
@@ -243,7 +244,9 @@ def check_layer_norm(fn) -> None:
             w, b = 1 + 0.5 * torch.randn(C, generator=g), 0.5 * torch.randn(C, generator=g)
         leaves = {n: t.clone().requires_grad_() for n, t in [("x", x), ("weight", w), ("bias", b)]}
         with forbid(["torch.nn.functional.layer_norm", "torch.layer_norm",
-                     "torch.native_layer_norm"], "layer_norm", H["forbidden"]):
+                     "torch.native_layer_norm", "torch.nn.functional.group_norm",
+                     "torch.group_norm", "torch.nn.functional.instance_norm"], "layer_norm",
+                    H["forbidden"]):
             got = call_tensors(fn, *leaves.values(), eps, name="layer_norm",
                                shape_hint=_NORM_SHAPE_HINT)
         want = F.layer_norm(x, (C,), w, b, eps)
@@ -313,7 +316,8 @@ def check_rms_norm(fn) -> None:
     for k, (case, x, eps) in enumerate(cases):
         C = x.shape[-1]
         w = torch.ones(C) if k == 0 else 1 + 0.5 * torch.randn(C, generator=g)
-        got = call_tensors(fn, x.clone(), w.clone(), eps, name="rms_norm",
+        leaves = {"x": x.clone().requires_grad_(), "weight": w.clone().requires_grad_()}
+        got = call_tensors(fn, *leaves.values(), eps, name="rms_norm",
                            shape_hint=_NORM_SHAPE_HINT)
         want = F.rms_norm(x, (C,), w, eps)
         mistakes = [
@@ -327,6 +331,9 @@ def check_rms_norm(fn) -> None:
             (x / (x.pow(2).mean() + eps).sqrt() * w, H["whole"].hint),
         ]
         compare("rms_norm", case, got, want, mistakes, _NORM_SHAPE_HINT, nan_hint=_NAN_HINT)
+        if k > 0:  # weight 1 would not tell "unused" from "no gradient"
+            grads_flow("rms_norm", case, got, F.rms_norm(leaves["x"], (C,), leaves["weight"], eps),
+                       leaves)
     passed("rms_norm", len(cases))
 
 
@@ -437,6 +444,10 @@ def check_post_norm_block(fn) -> None:
 # ----------------------------------------------------------------------------- exercise 5
 
 
+_BUILDERS = ["lmkit.model.TransformerLM.__init__", "lmkit.model.Block.__init__",
+             "lmkit.norm.LayerNorm.__init__", "lmkit.norm.RMSNorm.__init__"]
+
+
 def _norm_params(config: ModelConfig) -> tuple[int, int, int]:
     """(norm parameters in the model, number of norms, parameters per norm), counted on a real
     TransformerLM built on the meta device (shapes only, no memory)."""
@@ -471,7 +482,7 @@ def check_count_norm_params(fn) -> None:
         ModelConfig.gpt2(n_layers=48, d_model=1600, n_heads=25),
     ]
     for config in cases:
-        with forbid(["lmkit.model.TransformerLM.__init__"], "count_norm_params", H["build"]):
+        with forbid(_BUILDERS, "count_norm_params", H["build"]):
             got = call(fn, config, name="count_norm_params")
         case = _describe(config)
         if isinstance(got, bool) or not isinstance(got, numbers.Integral):

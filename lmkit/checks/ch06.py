@@ -8,7 +8,7 @@ import operator
 import torch
 
 from ..model import Block, ModelConfig, TransformerLM
-from .common import INPLACE, OVERFLOW, Mistake, call, checker, close, fail, passed, shape_of
+from .common import INPLACE, OVERFLOW, Mistake, call, checker, close, fail, forbid, passed, shape_of
 
 __all__ = ["check_lm_head_probs", "check_block_forward", "check_count_params",
            "check_flops_per_token", "check_gpt2_block_weights", "MISTAKES"]
@@ -97,6 +97,8 @@ MISTAKES: dict[str, dict[str, Mistake]] = {
         "ffn_width": M("4 × d_model instead of config.ffn_dim",
                        "the feed-forward width is config.ffn_dim (d_ff), which here is not 4 × "
                        "d_model"),
+        "build": M("building the model to count (the exercise says: by formula)",
+                   "compute it by formula from the config's fields, without building a model"),
         "type": _INT,
     },
     "flops_per_token": {
@@ -335,7 +337,9 @@ def check_count_params(fn) -> None:
     """Exercise 3: fn(config) -> the number of parameters of a GPT-2-style model."""
     H = MISTAKES["count_params"]
     for c in _GPT2_CASES:
-        got = _as_int(call(fn, c, name="count_params"), "count_params")
+        with forbid(["lmkit.model.TransformerLM.__init__", "lmkit.model.Block.__init__"],
+                    "count_params", H["build"]):
+            got = _as_int(call(fn, c, name="count_params"), "count_params")
         want = _lmkit_counts(c)[0]
         if got == want:
             continue

@@ -10,7 +10,7 @@ import torch.nn.functional as F
 
 from ..model import ModelConfig, TransformerLM
 from ..train import lm_loss, lr_at
-from .common import INPLACE, Mistake, call, checker, fail, passed
+from .common import INPLACE, Mistake, call, checker, fail, forbid, forbidden, passed
 
 __all__ = ["check_cross_entropy", "check_make_batch", "check_lr_schedule",
            "check_clip_by_global_norm", "check_train_step", "MISTAKES"]
@@ -18,6 +18,8 @@ __all__ = ["check_cross_entropy", "check_make_batch", "check_lr_schedule",
 M = Mistake
 MISTAKES: dict[str, dict[str, Mistake]] = {
     "cross_entropy": {
+        "forbidden": forbidden("F.cross_entropy", "compute logsumexp(logits) - logits[target] "
+                                                  "yourself"),
         "overflow": M("exp of large logits without subtracting the max (inf, NaN)",
                       "exp() overflows. Use the log-sum-exp trick: subtract each row's max "
                       "before exp (or use torch.logsumexp)"),
@@ -119,6 +121,9 @@ MISTAKES: dict[str, dict[str, Mistake]] = {
         "no_zero_grad": M("forgetting optimizer.zero_grad() (gradients accumulate)",
                           "gradients accumulate across steps unless you call "
                           "optimizer.zero_grad() in every step"),
+        "loss_fn": M("another loss (a sum instead of lm_loss's mean)",
+                     "compute the loss with lm_loss(logits, y), the mean cross-entropy over all "
+                     "positions; a sum makes the gradients B * T times larger"),
         "loss_value": M("returning the loss after the update or of another batch",
                         "return the loss of this batch, computed before the update"),
         "type": M("returning the loss tensor of shape (B, T), or None",
@@ -145,9 +150,12 @@ def check_cross_entropy(fn) -> None:
          torch.tensor([1, 1])),
         ("huge logits", torch.tensor([[1000.0, 990.0, 0.0], [-500.0, 200.0, 300.0]]),
          torch.tensor([1, 2])),
+        ("a target 1000 below the best logit", torch.tensor([[1000.0, 0.0]]), torch.tensor([1])),
     ]
     for name, logits, targets in cases:
-        got = call(fn, logits.clone(), targets.clone(), name="cross_entropy")
+        with forbid(["torch.nn.functional.cross_entropy", "torch.nn.functional.nll_loss"],
+                    "cross_entropy", H["forbidden"]):
+            got = call(fn, logits.clone(), targets.clone(), name="cross_entropy")
         want = F.cross_entropy(logits, targets)
         if not isinstance(got, torch.Tensor):
             fail(f"cross_entropy returned {type(got).__name__}: {H['type'].hint}")
@@ -330,9 +338,9 @@ def _tiny_model() -> TransformerLM:
                                           n_layers=1, n_heads=2))
 
 
-def _reference_step(model, optimizer, x, y, max_norm, clip=True):
+def _reference_step(model, optimizer, x, y, max_norm, clip=True, summed=False):
     optimizer.zero_grad()
-    loss = lm_loss(model(x), y)
+    loss = lm_loss(model(x), y) * (y.numel() if summed else 1)
     loss.backward()
     if clip:
         torch.nn.utils.clip_grad_norm_(model.parameters(), max_norm)
@@ -349,23 +357,27 @@ def check_train_step(fn) -> None:
                for _ in range(3)]
     base = _tiny_model()
 
+    # step 1 is not clipped (so the size of the loss shows), steps 2 and 3 are
+    max_norms = [100.0, 0.1, 0.1]
+
     def run(step_fn, **kw):
         model = copy.deepcopy(base)
         opt = torch.optim.SGD(model.parameters(), lr=0.5, momentum=0.9)
         losses, states = [], []
-        for x, y in batches:
-            losses.append(step_fn(model, opt, x, y, 0.1, **kw))
+        for (x, y), max_norm in zip(batches, max_norms):
+            losses.append(step_fn(model, opt, x, y, max_norm, **kw))
             states.append([p.detach().clone() for p in model.parameters()])
         return losses, states
 
     want_losses, want_states = run(_reference_step)
     _, no_clip_states = run(_reference_step, clip=False)
+    _, summed_states = run(_reference_step, summed=True)
     got_losses, got_states = [], []
     model = copy.deepcopy(base)
     opt = torch.optim.SGD(model.parameters(), lr=0.5, momentum=0.9)
     before = [p.detach().clone() for p in model.parameters()]
     for k, (x, y) in enumerate(batches):
-        loss = call(fn, model, opt, x, y, 0.1, name="train_step", may_change=(0, 1))
+        loss = call(fn, model, opt, x, y, max_norms[k], name="train_step", may_change=(0, 1))
         if isinstance(loss, torch.Tensor):
             if loss.numel() != 1:
                 fail(f"train_step returned shape {tuple(loss.shape)}: {H['type'].hint}")
@@ -380,6 +392,9 @@ def check_train_step(fn) -> None:
             continue
         if k == 0 and all(torch.equal(a, b) for a, b in zip(got_states[0], before)):
             fail(f"step 1 did not change the weights: {H['no_update'].hint}")
+        if all(torch.allclose(a, b, atol=1e-6) for a, b in zip(got_states[-1],
+                                                               summed_states[k])):
+            fail(f"step {k + 1}: {H['loss_fn'].hint}")
         if all(torch.allclose(a, b, atol=1e-6) for a, b in zip(got_states[-1],
                                                                no_clip_states[k])):
             fail(f"step {k + 1}: {H['no_clip'].hint}")

@@ -17,6 +17,9 @@ __all__ = ["check_temperature_softmax", "check_top_k_mask", "check_top_p_mask",
 M = Mistake
 _SHAPE = M("changing the shape (flattening, dropping the batch dimension)",
            "the output keeps the input's shape (one value per token, every row separately)")
+_DTYPE = M("a different dtype (float64 probabilities, float indices)",
+           "keep the dtype: probabilities and logits in the input's float dtype, beam and token "
+           "indices as integers (torch.long)")
 _FILL = M("filling removed tokens with 0 or -1e9 instead of -inf",
           "set the removed logits to float('-inf'): a logit of 0 still has probability exp(0) "
           "> 0 after the softmax, and -1e9 is only a big number")
@@ -43,6 +46,7 @@ MISTAKES: dict[str, dict[str, Mistake]] = {
                  "torch.softmax handles -inf; do not multiply -inf by 0 or subtract -inf"),
         "inplace": INPLACE,
         "shape": _SHAPE,
+        "dtype": _DTYPE,
     },
     "top_k_mask": {
         "fill": _FILL,
@@ -118,6 +122,7 @@ MISTAKES: dict[str, dict[str, Mistake]] = {
         "type": M("returning a list or two tensors instead of (scores, beam, token)",
                   "return a tuple (scores, beam, token) of three tensors"),
         "shape": _SHAPE,
+        "dtype": _DTYPE,
         "inplace": INPLACE,
     },
 }
@@ -129,13 +134,16 @@ def _rand(*shape, seed=0, scale=1.0) -> Tensor:
     return torch.randn(*shape, generator=torch.Generator().manual_seed(seed)) * scale
 
 
-def _tensor(got, name: str, shape: tuple[int, ...], where: str) -> Tensor:
+def _tensor(got, name: str, shape: tuple[int, ...], where: str,
+            dtype: torch.dtype | None = None) -> Tensor:
     """Fail unless `got` is a tensor of `shape`; the shape gets its own hint."""
     if not isinstance(got, Tensor):
         fail(f"{name} {where} should return a tensor, got {type(got).__name__}")
     if tuple(got.shape) != shape:
         fail(f"{name} {where} returned shape {tuple(got.shape)}, expected {shape}: "
              f"{_SHAPE.hint}")
+    if dtype is not None and got.dtype != dtype:
+        fail(f"{name} {where} returned dtype {got.dtype}, expected {dtype}: {_DTYPE.hint}")
     return got
 
 
@@ -159,7 +167,7 @@ def check_temperature_softmax(fn) -> None:
     ]
     for where, logits, T in cases:
         got = _tensor(call(fn, logits.clone(), T, name="temperature_softmax"),
-                      "temperature_softmax", tuple(logits.shape), f"on {where}")
+                      "temperature_softmax", tuple(logits.shape), f"on {where}", logits.dtype)
         want = torch.softmax(logits / T, dim=-1)
         head = f"temperature_softmax on {where}"
         if torch.allclose(got, want, atol=1e-5):
@@ -378,7 +386,8 @@ def check_beam_step(fn) -> None:
         if not isinstance(res, tuple) or len(res) != 3:
             fail(f"beam_step returned {type(res).__name__}: {H['type'].hint}")
         for name, x in zip(("scores", "beam", "token"), res, strict=True):
-            _tensor(x, f"beam_step's {name}", (K,), f"on {where}")
+            _tensor(x, f"beam_step's {name}", (K,), f"on {where}",
+                    None if name == "scores" else torch.long)
         scores, beam, token = res
         cand = (beam_scores[:, None] + logprobs).flatten()  # (K*V,)
         want_scores, idx = torch.topk(cand, K)

@@ -257,7 +257,17 @@ class _Guarded(Tensor):
         if func in cls._forbidden:
             raise _Forbidden(getattr(func, "__name__", str(func)))
         with torch._C.DisableTorchFunctionSubclass():
-            return func(*args, **(kwargs or {}))
+            out = func(*args, **(kwargs or {}))
+        if func in _KEEP_GUARD and isinstance(out, Tensor):  # W.detach()[ids] is indexing too
+            out = out.as_subclass(cls)
+        return out
+
+
+_KEEP_GUARD = {Tensor.detach, Tensor.clone, Tensor.contiguous, Tensor.to, Tensor.float,
+               Tensor.double, Tensor.cpu, Tensor.view, Tensor.reshape, Tensor.t, Tensor.transpose,
+               Tensor.permute, Tensor.T.__get__, Tensor.mT.__get__, Tensor.data.__get__,
+               Tensor.flatten, Tensor.squeeze, Tensor.unsqueeze, Tensor.expand,
+               Tensor.requires_grad_}
 
 
 def guard(t: Tensor, funcs: Sequence) -> Tensor:
