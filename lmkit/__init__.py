@@ -10,6 +10,7 @@
     pretrained   06  loading Hugging Face checkpoints (safetensors)
     train        07  the training loop, schedules, checkpoints, the course model
     generation   08  greedy, sampling, top-k, top-p, beam search, with a KV cache
+    inspect      11  named activations: run_with_cache, hooks (ablation, patching)
     io               files: one atomic writer, one safetensors reader (nothing unpickled)
     checks           the exercise checkers used by exercises/ and solutions/
 
@@ -33,6 +34,7 @@ from . import (  # noqa: E402
     embeddings,
     ffn,
     generation,
+    inspect,
     io,
     model,
     norm,
@@ -46,5 +48,6 @@ from .model import ModelConfig, TransformerLM  # noqa: E402
 __version__ = "0.1.0"
 __all__ = [
     "tokenizer", "data", "embeddings", "attention", "ffn", "norm", "model", "pretrained",
-    "train", "generation", "io", "ModelConfig", "TransformerLM", "generate", "generate_stream",
+    "train", "generation", "inspect", "io", "ModelConfig", "TransformerLM", "generate",
+    "generate_stream",
 ]

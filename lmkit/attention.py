@@ -19,6 +19,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from lmkit.embeddings import RotaryEmbedding
+from lmkit.inspect import HookPoint
 
 __all__ = [
     "scaled_dot_product_attention", "causal_mask", "KVCache", "RollingKVCache", "MultiHeadAttention",
@@ -198,6 +199,7 @@ class MultiHeadAttention(nn.Module):
         self.v_proj = nn.Linear(d_model, kv_dim, bias=bias)
         self.o_proj = nn.Linear(d_model, d_model, bias=bias)
         self.resid_dropout = nn.Dropout(dropout)
+        self.hook_pattern = HookPoint()  # names the weights; computed only when hooked (ch. 11)
         self.rotary_emb = None
         if rope_theta is not None:
             self.rotary_emb = RotaryEmbedding(self.head_dim, context_length, rope_theta,
@@ -244,7 +246,8 @@ class MultiHeadAttention(nn.Module):
             _check_mask(mask, (B, H, T, Tk))
         # one new query (cached decoding) sits after every key, so it may see them all
         one_step = self.causal and self.window is None and T == 1
-        use_kernel = self.fast and not return_weights  # the weights need the written-out path
+        # the weights need the written-out path, and so does lmkit.inspect's pattern hook
+        use_kernel = self.fast and not return_weights and not self.hook_pattern.active
         if self.causal and not one_step and not (use_kernel and fused_causal):
             cm = causal_mask(T, Tk, device=x.device, window=self.window)  # (T, Tk)
             mask = cm if mask is None else mask & cm
@@ -262,6 +265,10 @@ class MultiHeadAttention(nn.Module):
             y, weights = scaled_dot_product_attention(
                 q, k, v, mask, return_weights=True, dropout_p=dropout_p
             )
+            if self.hook_pattern.active:  # lmkit.inspect reads or replaces the weights
+                hooked = self.hook_pattern(weights)  # (B, H, T, Tk)
+                if hooked is not weights:
+                    weights, y = hooked, hooked @ v  # (B, H, T, D)
         y = y.transpose(1, 2).reshape(B, T, C)  # (B, T, H*D) = (B, T, C)
         y = self.resid_dropout(self.o_proj(y))  # (B, T, C)
         return (y, weights) if return_weights else y

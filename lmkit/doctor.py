@@ -163,6 +163,10 @@ def diagnose(root: Path = ROOT) -> list[Finding]:
             pins.update(read_lock(root / name))
     if pins:
         found += check_packages(pins)
+    else:
+        found.append(Finding("packages", None, f"no requirements.lock in {root} (lmkit installed "
+                             "from a wheel?): versions not checked; run doctor from the course "
+                             "folder to check them"))
     found.append(check_kernel())
     found += check_data()
     found += [check_threads(), check_bf16(), check_gpu()]

@@ -35,6 +35,7 @@ from lmkit.embeddings import (
     TokenEmbedding,
 )
 from lmkit.ffn import ACTIVATIONS, FeedForward
+from lmkit.inspect import HookPoint
 from lmkit.norm import NORMS, make_norm
 
 __all__ = ["ModelConfig", "Block", "TransformerLM"]
@@ -188,15 +189,18 @@ class Block(nn.Module):
         self.mlp = FeedForward(
             c.d_model, c.ffn_dim, c.activation, bias=c.bias, dropout=c.dropout, fast=fast
         )
+        self.hook_resid_mid = HookPoint()  # names the stream after attention (chapter 11)
 
     def forward(
         self, x: Tensor, cache: KVCache | None = None, mask: Tensor | None = None
     ) -> Tensor:
         if self.norm_position == "pre":
             x = x + self.attn(self.norm1(x), cache=cache, mask=mask)  # (B, T, C)
+            x = self.hook_resid_mid(x)
             x = x + self.mlp(self.norm2(x))  # (B, T, C)
         else:
             x = self.norm1(x + self.attn(x, cache=cache, mask=mask))  # (B, T, C)
+            x = self.hook_resid_mid(x)
             x = self.norm2(x + self.mlp(x))  # (B, T, C)
         return x
 

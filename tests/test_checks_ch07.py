@@ -4,6 +4,7 @@ the hint meant for it (tests/catalogue.py explains the pattern)."""
 import math
 
 import pytest
+import test_checks_ch07_adamw as adamw
 import torch
 import torch.nn.functional as F
 from catalogue import Wrong, assert_complete, assert_passes, assert_rejected, assert_stub_raises
@@ -206,9 +207,23 @@ W5 = [
     Wrong("train_step", "type", step(ret="rows")),
 ]
 
-CATALOGUE = W1 + W2 + W3 + W4 + W5
+# exercise 6 (one AdamW step): its wrong answers live in tests/test_checks_ch07_adamw.py
+_ADAMW_KEYS = {"no_bias_correction": "no_bias_correction",
+               "bias_correction_t_minus_1": "t_minus_1", "bias_correction_t_plus_1": "t_plus_1",
+               "l2_instead_of_decoupled": "l2", "decay_without_lr": "decay_no_lr",
+               "forgot_decay": "no_decay", "decay_after_update": "decay_after",
+               "eps_inside_sqrt": "eps_inside", "adam_paper_form": "eps_paper",
+               "no_sqrt": "no_sqrt", "swapped_betas": "swap_betas",
+               "v_not_squared": "v_not_squared", "v_of_abs": "v_abs",
+               "gradient_ascent": "ascent", "returns_old_moments": "old_moments"}
+W6 = [Wrong("adamw_step", _ADAMW_KEYS[fn.__name__], fn) for fn, _ in adamw.CATALOGUE
+      if fn.__name__ in _ADAMW_KEYS]
+W6 += [Wrong("adamw_step", "inplace", adamw.in_place),
+       Wrong("adamw_step", "type", adamw.returns_p_only)]
+
+CATALOGUE = W1 + W2 + W3 + W4 + W5 + W6
 SOLUTIONS = {"cross_entropy": cross_entropy, "make_batch": batch(), "lr_schedule": lr_at,
-             "clip_by_global_norm": clip(), "train_step": step()}
+             "clip_by_global_norm": clip(), "train_step": step(), "adamw_step": adamw.good}
 
 
 @pytest.mark.parametrize("exercise", sorted(SOLUTIONS))

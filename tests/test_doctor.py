@@ -62,7 +62,17 @@ def test_exit_code_is_one_on_a_problem(monkeypatch):
     assert doctor.main(out=lines.append) == 0
 
 
-def test_cli_runs_the_doctor():
+def test_cli_runs_every_check_and_its_exit_code_follows_the_problems():
     r = subprocess.run([sys.executable, "-m", "lmkit", "doctor"], capture_output=True, text=True)
-    assert "[ok  ] python" in r.stdout and r.returncode in (0, 1)
+    for what in ["python", "packages", "jupyter kernel", *doctor.DATA_PACKAGES, "threads", "bf16",
+                 "gpu"]:
+        assert f"] {what}: " in r.stdout, f"doctor did not report {what!r}:\n{r.stdout}"
     assert r.returncode == (1 if "[FAIL]" in r.stdout else 0)
+    assert ("problem(s)." in r.stdout) == (r.returncode == 1)
+
+
+def test_without_a_lock_file_the_versions_are_reported_unchecked(tmp_path, monkeypatch):
+    monkeypatch.setattr(doctor, "check_kernel", lambda: doctor.Finding("jupyter kernel", True, "ok"))
+    found = doctor.diagnose(root=tmp_path)
+    packages = [f for f in found if f.what == "packages"]
+    assert len(packages) == 1 and packages[0].ok is None and "not checked" in packages[0].detail

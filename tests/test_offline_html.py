@@ -21,6 +21,14 @@ def test_external_resources_finds_cdn_scripts_and_styles():
         "https://cdn.example/x.js", "//cdn.example/y.css", "https://fonts.example/z.css"]
 
 
+def test_external_in_styles_follows_imports(tmp_path):
+    (tmp_path / "a.css").write_text('@import url(./b.css); body { font: 1em "X"; }')
+    (tmp_path / "b.css").write_text('@import url(https://fonts.example/f.css);')
+    page = tmp_path / "p.html"
+    page.write_text('<link rel="stylesheet" href="a.css">')
+    assert offline_html.external_in_styles(page) == ["b.css: https://fonts.example/f.css"]
+
+
 @pytest.fixture(scope="module")
 def slides(tmp_path_factory):
     out = tmp_path_factory.mktemp("slides")
@@ -38,6 +46,7 @@ def test_every_chapter_has_a_deck_with_only_local_scripts(slides):
     for page in slides:
         text = page.read_text()
         assert offline_html.external_resources(text) == [], page.name
+        assert offline_html.external_in_styles(page) == [], page.name
         assert offline_html.broken_local_links(page) == [], page.name
         assert "_static/revealjs/dist/reveal.js" in text and "_static/mathjax/MathJax.js" in text
 
@@ -51,6 +60,7 @@ def test_site_has_every_page_linked_and_nothing_external(site):
     for page in site:
         text = page.read_text()
         assert offline_html.external_resources(text) == [], page.name
+        assert offline_html.external_in_styles(page) == [], page.name
         assert offline_html.broken_local_links(page) == [], page.name
 
 

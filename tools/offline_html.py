@@ -97,7 +97,7 @@ def build_slides(out: Path, notebooks: list[Path]) -> list[Path]:
     out.mkdir(parents=True, exist_ok=True)
     copy_assets(out, reveal=True)
     exporter = SlidesExporter(extra_template_basedirs=[str(TEMPLATES)], template_name="lmkit_slides",
-                              reveal_url_prefix=REVEAL, mathjax_url=MATHJAX,
+                              reveal_url_prefix=REVEAL, reveal_theme="white", mathjax_url=MATHJAX,
                               reveal_width="1280", reveal_height="720")
     written = []
     for path in notebooks:
@@ -154,6 +154,25 @@ def external_resources(page: str) -> list[str]:
     bad = [url for tag, attr, url in _REF.findall(page)
            if tag.lower() != "a" and re.match(r"(https?:)?//", url)]
     bad += re.findall(r"""@import\s+(?:url\()?["']?((?:https?:)?//[^"')]+)""", page)
+    return bad
+
+
+def external_in_styles(page_path: Path) -> list[str]:
+    """Network URLs in the local style sheets a page links to (and those they @import)."""
+    text = page_path.read_text(encoding="utf-8")
+    todo = [page_path.parent / url.split("?")[0] for tag, _, url in _REF.findall(text)
+            if tag.lower() == "link" and url.endswith(".css") and not re.match(r"(https?:)?//", url)]
+    seen, bad = set(), []
+    while todo:
+        css = todo.pop().resolve()
+        if css in seen or not css.is_file():
+            continue
+        seen.add(css)
+        for url in re.findall(r"""url\(\s*["']?([^"')]+)""", css.read_text(encoding="utf-8", errors="replace")):
+            if re.match(r"(https?:)?//", url):
+                bad.append(f"{css.name}: {url}")
+            elif url.endswith(".css"):
+                todo.append(css.parent / url)
     return bad
 
 

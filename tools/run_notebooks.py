@@ -31,6 +31,9 @@ def normalise(nb: nbformat.NotebookNode) -> None:
     for cell in nb.cells:
         for key in ("execution", "lines_to_next_cell"):  # timings; jupytext's layout hints
             cell.metadata.pop(key, None)
+        if "widget" in cell.metadata.get("tags", []):
+            cell.outputs = []  # a live ipywidgets control works only with a kernel; a static
+            # figure stands in the cell before it, so the stored notebook reads without one
         if "slideshow" in cell.metadata:
             continue
         slide = "-"

@@ -10,10 +10,10 @@ import torch.nn.functional as F
 
 from ..model import ModelConfig, TransformerLM
 from ..train import lm_loss, lr_at
-from .common import INPLACE, Mistake, call, checker, fail, forbid, forbidden, passed
+from .common import INPLACE, Mistake, call, checker, close, fail, forbid, forbidden, passed
 
 __all__ = ["check_cross_entropy", "check_make_batch", "check_lr_schedule",
-           "check_clip_by_global_norm", "check_train_step", "MISTAKES"]
+           "check_clip_by_global_norm", "check_train_step", "check_adamw_step", "MISTAKES"]
 
 M = Mistake
 MISTAKES: dict[str, dict[str, Mistake]] = {
@@ -128,6 +128,41 @@ MISTAKES: dict[str, dict[str, Mistake]] = {
                         "return the loss of this batch, computed before the update"),
         "type": M("returning the loss tensor of shape (B, T), or None",
                   "return the loss as one Python number (loss.item())"),
+    },
+    "adamw_step": {
+        "no_bias_correction": M('no bias correction of m and v',
+                 "no bias correction: m and v start at 0, so early on they are too small; divide by " "(1 - beta1**t) and (1 - beta2**t) before using them"),
+        "t_minus_1": M('bias correction with t - 1',
+                 "the bias correction uses the wrong power: t is the number of this step counting from 1 " "(the first step has t = 1), so divide by 1 - beta**t, not 1 - beta**(t - 1)"),
+        "t_plus_1": M('bias correction with t + 1',
+                 "the bias correction uses the wrong power: t already counts this step (the first step " "has t = 1), so divide by 1 - beta**t, not 1 - beta**(t + 1)"),
+        "l2": M('Adam + L2 (decay through the gradient) instead of decoupled decay',
+                 "you added weight_decay * p to the gradient: that is Adam with L2 regularisation, whose " "decay is then rescaled by 1/sqrt(v). AdamW's decay is decoupled: p = p - lr * " "weight_decay * p, applied to the weights directly, outside m and v"),
+        "decay_no_lr": M('decay not scaled by the learning rate',
+                 "the decay shrinks p by weight_decay * p; it must be scaled by the learning rate too: " "p = p * (1 - lr * weight_decay)"),
+        "no_decay": M('no weight decay',
+                 "no weight decay: AdamW shrinks the weights, p = p * (1 - lr * weight_decay), before " "the Adam update"),
+        "decay_after": M('decay applied after the Adam update',
+                 "the decay must use the weights from before this step's update (as torch.optim.AdamW " "does): p = p * (1 - lr * weight_decay), then p = p - lr * m_hat / (sqrt(v_hat) + eps)"),
+        "eps_paper": M("eps added before the bias correction (the Adam paper's form)",
+                 "you added eps to sqrt(v) before the bias correction (the Adam paper's compact form, " "lr * sqrt(1 - beta2**t) / (1 - beta1**t) * m / (sqrt(v) + eps)); torch.optim.AdamW, " "and this exercise, add eps after it: m_hat / (sqrt(v_hat) + eps)"),
+        "eps_inside": M('eps inside the square root',
+                 "eps goes outside the square root: m_hat / (sqrt(v_hat) + eps), not sqrt(v_hat + eps)"),
+        "no_sqrt": M('dividing by v_hat instead of its square root',
+                 "divide by the square root of v_hat (the gradient's typical size), not by v_hat itself"),
+        "swap_betas": M('beta1 and beta2 swapped',
+                 "beta1 and beta2 are swapped: m (the mean of the gradient) uses beta1 = betas[0], v " "(the mean of its square) uses beta2 = betas[1]"),
+        "v_not_squared": M('v from the gradient, not its square',
+                 "v is the running mean of the SQUARED gradient: v = beta2 * v + (1 - beta2) * grad**2"),
+        "v_abs": M('v from |grad|, not grad²',
+                 "v is the running mean of the SQUARED gradient (grad**2), not of its absolute value"),
+        "ascent": M('the update in the wrong direction',
+                 "the update goes the wrong way: subtract lr * m_hat / (sqrt(v_hat) + eps), against the " "gradient"),
+        "old_moments": M('returning the old moments',
+                 "return the UPDATED moments m and v (the optimizer keeps them for the next step), not " "the ones you were given"),
+        "type": M("returning p alone, or float64 tensors",
+                  "return a tuple (p, m, v) of three tensors, each with its input's shape and dtype"),
+        "inplace": INPLACE,
     },
 }
 
@@ -406,3 +441,133 @@ def check_train_step(fn) -> None:
         if not math.isclose(a, b, rel_tol=1e-5):
             fail(f"step {k + 1}: returned loss {a:.4f}, expected {b:.4f}: {H['loss_value'].hint}")
     passed("train_step", len(batches))
+
+
+def _adamw_torch(p, grad, m, v, t, lr, betas, eps, weight_decay):
+    """The reference: one step of torch.optim.AdamW from the state (m, v) after t - 1 steps."""
+    param = torch.nn.Parameter(p.clone())
+    opt = torch.optim.AdamW([param], lr=lr, betas=betas, eps=eps, weight_decay=weight_decay)
+    opt.state[param] = {"step": torch.tensor(float(t - 1)), "exp_avg": m.clone(),
+                        "exp_avg_sq": v.clone()}
+    param.grad = grad.clone()
+    opt.step()
+    state = opt.state[param]
+    return param.detach().clone(), state["exp_avg"].clone(), state["exp_avg_sq"].clone()
+
+
+def _adamw_variant(p, g, m, v, t, lr, betas, eps, wd, *, bias_correction=True, decay="decoupled",
+                   eps_inside=False, v_from=None, swap_betas=False, t_shift=0, sqrt=True,
+                   sign=1.0, decay_after=False, old_moments=False, eps_uncorrected=False):
+    """One AdamW step written out, with switches that reproduce the typical mistakes."""
+    b1, b2 = (betas[1], betas[0]) if swap_betas else betas
+    if decay == "l2":  # Adam + L2: the decay goes through the gradient (and the moments)
+        g = g + wd * p
+    m_new = b1 * m + (1 - b1) * g
+    v_new = b2 * v + (1 - b2) * (g * g if v_from is None else v_from(g))
+    tt = t + t_shift
+    m_hat = m_new / (1 - b1 ** tt) if bias_correction else m_new
+    v_hat = v_new / (1 - b2 ** tt) if bias_correction else v_new
+    if eps_uncorrected:  # the Adam paper's compact form: eps added before the v correction
+        denom = (torch.sqrt(v_new) + eps) / math.sqrt(1 - b2 ** tt)
+    elif eps_inside:
+        denom = torch.sqrt(v_hat + eps)
+    else:
+        denom = (torch.sqrt(v_hat) if sqrt else v_hat) + eps
+    update = m_hat / denom
+    shrink = {"decoupled": 1 - lr * wd, "no_lr": 1 - wd, "l2": 1.0, "none": 1.0}[decay]
+    if decay_after:
+        p_new = (p - sign * lr * update) * shrink
+    else:
+        p_new = p * shrink - sign * lr * update
+    if old_moments:
+        return p_new, m.clone(), v.clone()
+    return p_new, m_new, v_new
+
+
+# Each typical mistake: the switches that reproduce it and the hint it should get.
+ADAMW_MISTAKES = [
+    (dict(bias_correction=False), "no_bias_correction"),
+    (dict(t_shift=-1), "t_minus_1"),
+    (dict(t_shift=1), "t_plus_1"),
+    (dict(decay="l2"), "l2"),
+    (dict(decay="no_lr"), "decay_no_lr"),
+    (dict(decay="none"), "no_decay"),
+    (dict(decay_after=True), "decay_after"),
+    (dict(eps_uncorrected=True), "eps_paper"),
+    (dict(eps_inside=True), "eps_inside"),
+    (dict(sqrt=False), "no_sqrt"),
+    (dict(swap_betas=True), "swap_betas"),
+    (dict(v_from=lambda g: g), "v_not_squared"),
+    (dict(v_from=lambda g: g.abs()), "v_abs"),
+    (dict(sign=-1.0), "ascent"),
+    (dict(old_moments=True), "old_moments"),
+]
+
+
+@checker
+def check_adamw_step(fn) -> None:
+    """Exercise 6: fn(p, grad, m, v, t, lr, betas, eps, weight_decay) -> (p, m, v) after one
+    AdamW step, compared with torch.optim.AdamW."""
+    g = torch.Generator().manual_seed(0)
+
+    def rnd(*shape, scale=1.0):
+        return torch.randn(*shape, generator=g) * scale
+
+    cases = [  # (name, p, grad, m, v, t, lr, betas, eps, weight_decay)
+        ("first step (t = 1, m = v = 0)", rnd(5), rnd(5), torch.zeros(5), torch.zeros(5), 1,
+         0.1, (0.9, 0.999), 1e-8, 0.1),
+        ("second step", rnd(3, 4), rnd(3, 4), rnd(3, 4, scale=0.1), rnd(3, 4).square() * 0.01,
+         2, 0.05, (0.9, 0.95), 1e-8, 0.5),
+        ("step 10, no weight decay", rnd(6), rnd(6), rnd(6, scale=0.3),
+         rnd(6).square() * 0.2, 10, 0.01, (0.8, 0.9), 1e-8, 0.0),
+        ("small gradients, step 3 (eps matters)", rnd(4), rnd(4, scale=1e-3),
+         rnd(4, scale=1e-3), rnd(4).square() * 1e-6, 3, 0.1, (0.9, 0.99), 1e-3, 0.1),
+        ("tiny gradients (eps matters)", rnd(4), rnd(4, scale=1e-4), torch.zeros(4),
+         torch.zeros(4), 1, 0.1, (0.9, 0.999), 1e-3, 0.1),
+        ("large lr and decay", rnd(2, 3), rnd(2, 3, scale=3.0), rnd(2, 3),
+         rnd(2, 3).square(), 3, 0.5, (0.9, 0.99), 1e-6, 0.8),
+    ]
+    names = ("p", "m", "v")
+    for name, p, grad, m, v, t, lr, betas, eps, wd in cases:
+        args = (p, grad, m, v, t, lr, betas, eps, wd)
+        inputs = [p.clone(), grad.clone(), m.clone(), v.clone()]
+        got = call(fn, *inputs, t, lr, betas, eps, wd, name="adamw_step")
+        where = (f"case '{name}' (t={t}, lr={lr}, betas={betas}, eps={eps}, "
+                 f"weight_decay={wd})")
+        if not (isinstance(got, tuple) and len(got) == 3):
+            fail(f"adamw_step should return a tuple (p, m, v) of three tensors, got "
+                 f"{type(got).__name__}" + (" (did you forget `return`?)" if got is None else "")
+                 + f": {MISTAKES['adamw_step']['type'].hint}")
+        for k, (out, ref) in enumerate(zip(got, (p, m, v))):
+            if not isinstance(out, torch.Tensor):
+                fail(f"adamw_step on {where}: the new {names[k]} should be a torch.Tensor, got "
+                     f"{type(out).__name__}")
+            if out.shape != ref.shape:
+                fail(f"adamw_step on {where}: the new {names[k]} has shape {tuple(out.shape)}, "
+                     f"expected {tuple(ref.shape)} (the same as the input {names[k]})")
+        if any(not torch.equal(a, b) for a, b in zip(inputs, (p, grad, m, v))):
+            fail(f"adamw_step on {where} changed one of its input tensors in place (e.g. "
+                 "`p -= ...` or `m.mul_(beta1)`); compute new tensors and return them")
+        want = _adamw_torch(*args)
+        if all(close(a, b, atol=1e-6, rtol=1e-5) for a, b in zip(got, want)):
+            continue
+        for switches, key in ADAMW_MISTAKES:
+            hint = MISTAKES["adamw_step"][key].hint
+            wrong = _adamw_variant(*args, **switches)
+            differs = not all(close(a, b, atol=1e-6, rtol=1e-5) for a, b in zip(wrong, want))
+            if differs and all(close(a, b, atol=1e-6, rtol=1e-5, equal_nan=True)
+                               for a, b in zip(got, wrong)):
+                fail(f"adamw_step on {where}: {hint}")
+        for k in (1, 2, 0):  # the moments first: a wrong m or v makes p wrong too
+            a, b = got[k], want[k]
+            if not close(a, b, atol=1e-6, rtol=1e-5):
+                formula = {
+                    0: "p = p * (1 - lr * weight_decay) - lr * m_hat / (sqrt(v_hat) + eps), "
+                       "m_hat = m / (1 - beta1**t), v_hat = v / (1 - beta2**t)",
+                    1: "m = beta1 * m + (1 - beta1) * grad",
+                    2: "v = beta2 * v + (1 - beta2) * grad**2",
+                }[k]
+                err = (a.double() - b.double()).abs().max().item()
+                fail(f"adamw_step on {where}: the new {names[k]} is wrong (largest error "
+                     f"{err:.3g}); {formula}")
+    passed("adamw_step", len(cases))
