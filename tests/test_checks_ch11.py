@@ -386,7 +386,7 @@ def test_probe_with_control(capsys, one_thread):
         (lambda X, y, n, s: tuple(100 * a for a in probe_with_control(X, y, n, s)),
          "not percentages"),
         (lambda X, y, n, s: probe_with_control(X, y, n, s)[0], "should return a pair"),
-        (in_place, "changed X or y in place"),
+        (in_place, "changed one of its input tensors in place, `y`"),  # common.call checks purity
         (constant, "predicts one class everywhere"),
         (unstandardised, "only|one class"),
         (lambda X, y, n, s: (probe_with_control(X, y, n, s)[0], 0.95),
