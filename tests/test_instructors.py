@@ -38,3 +38,31 @@ def test_room_setup_names_the_commands():
     for needed in ["make wheels", "make setup WHEELS=", "make lab", "python -m lmkit doctor",
                    "make slides", "make site"]:
         assert needed in GUIDE, needed
+
+
+def test_every_chapter_has_speaker_notes():
+    import nbformat
+
+    for path in CHAPTERS:
+        nb = nbformat.read(path, as_version=4)
+        notes = [c for c in nb.cells
+                 if c.metadata.get("slideshow", {}).get("slide_type") == "notes"]
+        assert notes, f"{path.name} has no speaker notes (cells of slide type 'notes')"
+
+
+def test_interactive_demos_have_a_static_figure_beside_them():
+    """A live ipywidgets cell stores nothing; the code cell before it stores the same plot."""
+    import nbformat
+
+    demos = 0
+    for path in CHAPTERS:
+        cells = nbformat.read(path, as_version=4).cells
+        for i, cell in enumerate(cells):
+            if "widget" not in cell.metadata.get("tags", []):
+                continue
+            demos += 1
+            assert "ipywidgets" in cell.source and cell.outputs == [], (path.name, i)
+            before = cells[i - 1]
+            assert any("image/png" in o.get("data", {}) for o in before.get("outputs", [])), (
+                f"{path.name} cell {i - 1} should store the static figure of the widget after it")
+    assert demos >= 2, "chapters 08 (temperature, top-p) and 09 (RoPE angle) have sliders"
