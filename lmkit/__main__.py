@@ -3,6 +3,8 @@
     .venv/bin/python -m lmkit train --size tiny --steps 200 --out runs/tiny
     .venv/bin/python -m lmkit generate --model runs/tiny --prompt "ROMEO:"
     .venv/bin/python -m lmkit generate --prompt "To be, or not"   # the shipped course model
+    .venv/bin/python -m torch.distributed.run --nproc_per_node 2 -m lmkit train --size tiny \
+        --batch-size 32 --out runs/ddp              # data-parallel, = torchrun (chapter 12)
 
 (or `source .venv/bin/activate` first, then `python -m lmkit ...`). Run
 `.venv/bin/python -m lmkit train --help` or `.venv/bin/python -m lmkit generate --help`
@@ -16,16 +18,17 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from pathlib import Path
 
 import torch
 
-from lmkit import data
+from lmkit import data, distributed, io
 from lmkit.generation import generate, generate_stream
 from lmkit.model import ModelConfig, TransformerLM
 from lmkit.tokenizer import BPETokenizer, CharTokenizer
-from lmkit.train import COURSE_MODEL, TrainConfig, Trainer, load_model
+from lmkit.train import COURSE_MODEL, TrainConfig, Trainer, check_save_folder, load_model
 
 # Model sizes for `train --size`: small enough for a laptop CPU.
 SIZES = {
@@ -101,7 +104,7 @@ def build_parser() -> argparse.ArgumentParser:
                "runs/tiny, then .venv/bin/python -m lmkit generate --model runs/tiny "
                "--prompt 'ROMEO:'",
     )
-    sub = parser.add_subparsers(dest="command", required=True, metavar="{train,generate}")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="{train,generate,chat,doctor}")
 
     t = sub.add_parser(
         "train", help="train a model on Shakespeare (or your own text file)",
@@ -136,6 +139,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="start over even if --out already holds a checkpoint, replacing it "
                         "(without --resume or --overwrite an existing checkpoint is refused)")
     t.add_argument("--no-progress", action="store_true", help="no progress bar")
+    _add_scaling_options(t)
     t.set_defaults(parser=t)
 
     g = sub.add_parser(
@@ -149,7 +153,8 @@ def build_parser() -> argparse.ArgumentParser:
     )
     g.add_argument("--model", type=Path, default=COURSE_MODEL,
                    help="model folder (default: the course model shipped with lmkit, "
-                        "lmkit/models/shakespeare, a 128-token context window)")
+                        "lmkit/models/shakespeare, a 128-token context window), or "
+                        "'smollm2' for SmolLM2-135M-Instruct (chapter 09)")
     g.add_argument("--prompt", default="\n", help="text to continue (default: a newline)")
     g.add_argument("--max-new-tokens", type=_positive_int, default=None,
                    help=f"tokens to generate (default: {DEFAULT_NEW_TOKENS}, or as many as the "
@@ -172,7 +177,54 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--seed", type=int, default=0, help="random seed for sampling (default 0)")
     g.add_argument("--device", type=_device, default="cpu", help="cpu (default), cuda or mps")
     g.set_defaults(parser=g)
+
+    from lmkit.chat import add_chat_parser  # chapter 09: SmolLM2-Instruct
+
+    add_chat_parser(sub)
+
+    d = sub.add_parser(
+        "doctor", help="check that this machine is ready for the course",
+        description="Check Python, the pinned packages, the Jupyter kernel, the corpus and model "
+                    "packages, threads, bf16 and GPU; print each problem with its fix.")
+    d.set_defaults(parser=d)
     return parser
+
+
+def _add_scaling_options(t: argparse.ArgumentParser) -> None:
+    """`train` options of chapter 12: precision, accumulation, compilation, checkpointing,
+    and the timeout of data-parallel runs started with torchrun."""
+    s = t.add_argument_group(
+        "scaling up (chapter 12)",
+        "Under `torchrun --nproc_per_node N -m lmkit train ...` the run is data-parallel "
+        "(DistributedDataParallel; gloo on CPUs, NCCL on GPUs): --batch-size is the global "
+        "batch, split evenly across the N processes, and only rank 0 prints and writes.")
+    s.add_argument("--precision", choices=("fp32", "bf16"), default=None,
+                   help="fp32 (default), or bf16 autocast: matrix products in bfloat16, "
+                        "weights and optimizer in float32 (fast on CPUs and GPUs with bf16)")
+    s.add_argument("--grad-accum", type=_positive_int, default=1, metavar="K",
+                   help="accumulate K micro-batches of --batch-size per optimizer step: the "
+                        "same step as a K times larger batch (default 1)")
+    s.add_argument("--compile", action="store_true", default=None,
+                   help="torch.compile the model (slow first steps, faster later ones)")
+    s.add_argument("--activation-checkpointing", action="store_true", default=None,
+                   help="store only each block's input and recompute the rest in backward: "
+                        "less memory, about one more forward pass of compute")
+    s.add_argument("--timeout", type=_positive_float, default=distributed.DEFAULT_TIMEOUT_S,
+                   metavar="SECONDS",
+                   help="with torchrun: fail when the processes wait for each other longer "
+                        f"than this (default {distributed.DEFAULT_TIMEOUT_S:.0f})")
+
+
+def _start_distributed(parser: argparse.ArgumentParser, args: argparse.Namespace) -> bool:
+    """Join torchrun's process group when there is one with more than one process."""
+    if not distributed.launched_by_torchrun() or int(os.environ["WORLD_SIZE"]) < 2:
+        return False
+    world = int(os.environ["WORLD_SIZE"])
+    if args.batch_size % world:
+        parser.error(f"--batch-size {args.batch_size} is the global batch and must split "
+                     f"evenly across the {world} processes; use a multiple of {world}")
+    args.device = distributed.init_from_env(args.timeout, args.device)
+    return True
 
 
 def _read_corpus(parser: argparse.ArgumentParser, corpus: str) -> str:
@@ -184,13 +236,16 @@ def _read_corpus(parser: argparse.ArgumentParser, corpus: str) -> str:
     if not path.is_file():
         parser.error(f"--corpus {corpus!r} is neither 'shakespeare', a play name (see "
                      "lmkit.data.plays()), nor an existing text file")
-    return path.read_text(encoding="utf-8")
+    try:
+        return io.read_text(path)
+    except ValueError as e:
+        parser.error(f"--corpus: {e}")
 
 
 def _save_tokenizer(tok, folder: Path) -> None:
     """Write the tokenizer and remove the other kind's files (left by an overwritten run)."""
     if isinstance(tok, CharTokenizer):
-        (folder / CHARS_FILE).write_text(json.dumps(tok.chars, ensure_ascii=False), "utf-8")
+        io.write_atomic(folder / CHARS_FILE, json.dumps(tok.chars, ensure_ascii=False))
         stale = BPE_FILES
     else:
         tok.save(folder)
@@ -201,13 +256,32 @@ def _save_tokenizer(tok, folder: Path) -> None:
 
 def load_tokenizer(folder: Path):
     """The tokenizer saved beside a model: chars.json (character-level) or vocab.json+merges.txt."""
-    if (folder / CHARS_FILE).is_file():
-        chars = json.loads((folder / CHARS_FILE).read_text("utf-8"))
+    path = folder / CHARS_FILE
+    if path.is_file():
+        try:
+            chars = json.loads(io.read_text(path))
+        except json.JSONDecodeError as e:
+            raise ValueError(f"{path} is not valid JSON ({e}); retrain the model or restore "
+                             "the file") from None
+        if not isinstance(chars, list) or not all(isinstance(c, str) for c in chars):
+            raise ValueError(f"{path} should hold a JSON list of characters")
         return CharTokenizer("".join(chars))
     return BPETokenizer.load(folder)
 
 
 def cmd_train(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
+    if not _start_distributed(parser, args):
+        return _train(parser, args)
+    try:
+        _train(parser, args)
+    finally:
+        distributed.shutdown()
+
+
+def _train(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
+    main_rank = distributed.is_main()
+    if args.no_progress or not main_rank:
+        args.no_progress = True  # one progress bar, rank 0's
     if args.tokenizer == "bpe" and args.vocab_size < 256:
         parser.error(f"--vocab-size must be at least 256 for byte-level BPE, got {args.vocab_size}")
     if args.resume and args.overwrite:
@@ -215,6 +289,10 @@ def cmd_train(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None
                      "choose one")
     if args.out.exists() and not args.out.is_dir():
         parser.error(f"--out {args.out} is a file; give a folder")
+    try:
+        check_save_folder(args.out)  # refused now rather than after training
+    except ValueError as e:
+        parser.error(f"--out: {e}")
     if args.resume and not (args.out / "trainer_state.json").is_file():
         parser.error(f"--resume: {args.out} holds no checkpoint to resume (no trainer_state.json)")
     found = [name for name in CHECKPOINT_FILES if (args.out / name).exists()]
@@ -235,8 +313,10 @@ def cmd_train(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None
     if len(val_ids) < size["context_length"] + 1:
         parser.error(f"--corpus is too short: its validation tenth has {len(val_ids)} tokens, "
                      f"fewer than one window of {size['context_length'] + 1}")
+    how = {k: getattr(args, k) for k in ("precision", "compile", "activation_checkpointing")
+           if getattr(args, k) is not None}  # given on the command line
     if args.resume:
-        trainer = Trainer.load(args.out, train_ids, val_ids, device=args.device)
+        trainer = Trainer.load(args.out, train_ids, val_ids, device=args.device, **how)
         if args.steps < trainer.step:
             parser.error(f"--steps {args.steps} is below the checkpoint's step {trainer.step}")
         trainer.config.steps = args.steps
@@ -245,12 +325,14 @@ def cmd_train(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None
         config = TrainConfig(steps=args.steps, batch_size=args.batch_size, lr=args.lr,
                              min_lr=args.lr / 10, warmup_steps=min(100, args.steps // 10),
                              eval_interval=max(1, args.steps // 10), seed=args.seed,
-                             device=args.device)
+                             device=args.device, grad_accum=args.grad_accum, **how)
         trainer = Trainer(model, train_ids, val_ids, config)
     history = trainer.run(progress=not args.no_progress)
-    args.out.mkdir(parents=True, exist_ok=True)
-    trainer.save(args.out)
-    _save_tokenizer(tok, args.out)
+    # only rank 0 writes; the tokenizer goes into the new checkpoint folder before it is
+    # swapped in, so an interrupted save never pairs new weights with an old tokenizer
+    trainer.save(args.out, extra=lambda folder: _save_tokenizer(tok, folder))
+    if not main_rank:
+        return
     print(f"step {trainer.step}: train loss {history['train_loss'][-1]:.3f}, "
           f"validation loss {history['val_loss'][-1]:.3f}; saved to {args.out}")
     print(f"try: .venv/bin/python -m lmkit generate --model {args.out} --prompt 'ROMEO:'")
@@ -300,9 +382,16 @@ def _print_stream(tok, ids: list[int], steps) -> list[int]:
 
 def cmd_generate(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
     folder = args.model
+    if str(folder) == "smollm2" and not folder.is_dir():  # the pretrained model of chapter 09
+        from lmkit.chat import generate_smollm2
+
+        if args.num_beams > 1 or args.slide:
+            parser.error("--model smollm2 streams greedy or sampled text: drop --num-beams "
+                         "and --slide")
+        return generate_smollm2(args, _sampling_options(parser, args))
     if not folder.is_dir():
-        parser.error(f"--model {folder}: no such folder (train one with `.venv/bin/python -m lmkit train "
-                     "--out FOLDER`, or leave --model out to use the course model)")
+        parser.error(f"--model {folder}: no such folder (train one with `.venv/bin/python -m "
+                     "lmkit train --out FOLDER`, or leave --model out to use the course model)")
     if not (folder / "model.safetensors").is_file() or not (folder / "config.json").is_file():
         parser.error(f"--model {folder}: not a model folder (it needs config.json and "
                      "model.safetensors)")
@@ -312,6 +401,8 @@ def cmd_generate(parser: argparse.ArgumentParser, args: argparse.Namespace) -> N
     except FileNotFoundError:
         parser.error(f"--model {folder}: no tokenizer found (chars.json, or vocab.json and "
                      "merges.txt)")
+    except ValueError as e:
+        parser.error(f"--model {folder}: {e}")
     try:
         ids = tok.encode(args.prompt)
     except ValueError as e:
@@ -349,6 +440,14 @@ def main(argv: list[str] | None = None) -> None:
     # errors found after parsing are reported with the sub-command's usage line
     if args.command == "train":
         cmd_train(args.parser, args)
+    elif args.command == "chat":
+        from lmkit.chat import cmd_chat
+
+        cmd_chat(args.parser, args)
+    elif args.command == "doctor":
+        from lmkit import doctor
+
+        raise SystemExit(doctor.main())
     else:
         cmd_generate(args.parser, args)
 

@@ -19,8 +19,11 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from lmkit.embeddings import RotaryEmbedding
+from lmkit.inspect import HookPoint
 
-__all__ = ["scaled_dot_product_attention", "causal_mask", "KVCache", "MultiHeadAttention"]
+__all__ = [
+    "scaled_dot_product_attention", "causal_mask", "KVCache", "RollingKVCache", "MultiHeadAttention",
+]
 
 
 def _check_mask(mask: Tensor, shape: tuple[int, ...]) -> None:
@@ -120,6 +123,43 @@ class KVCache:
         return f"KVCache(length={self.length}, k_shape={shape})"
 
 
+class RollingKVCache(KVCache):
+    """A KV cache for sliding-window attention that never holds more than `window - 1` positions.
+
+    A query sees itself and the `window - 1` keys before it (chapter 09), so older keys can go:
+    memory stays bounded however long the text. `length` still counts every position seen (the
+    next token's position, for RoPE); `stored` is how many are kept.
+    """
+
+    def __init__(self, window: int):
+        super().__init__()
+        if not isinstance(window, int) or isinstance(window, bool) or window < 1:
+            raise ValueError(f"window must be a positive number of positions, got {window!r}")
+        self.window, self.seen = window, 0
+
+    @property
+    def length(self) -> int:
+        return self.seen
+
+    @property
+    def stored(self) -> int:
+        return 0 if self.k is None else self.k.shape[-2]
+
+    def update(self, k: Tensor, v: Tensor) -> tuple[Tensor, Tensor]:
+        """Return the kept keys/values followed by the new ones; keep the last window - 1."""
+        if self.k is not None:
+            k = torch.cat((self.k, k), dim=-2)  # (B, H_kv, stored + T, D)
+            v = torch.cat((self.v, v), dim=-2)
+        self.seen += k.shape[-2] - self.stored
+        keep = min(self.window - 1, k.shape[-2])
+        self.k = k[..., k.shape[-2] - keep :, :]  # (B, H_kv, <= window - 1, D)
+        self.v = v[..., v.shape[-2] - keep :, :]
+        return k, v
+
+    def __repr__(self) -> str:
+        return f"RollingKVCache(window={self.window}, length={self.length}, stored={self.stored})"
+
+
 class MultiHeadAttention(nn.Module):
     """Multi-head self-attention with GQA, sliding window, RoPE and a KV cache (ch. 03, 08, 09).
 
@@ -140,6 +180,7 @@ class MultiHeadAttention(nn.Module):
         fast: bool = True,
         rope_theta: float | None = None,
         context_length: int = 2048,
+        rope_layout: str = "half",
     ):
         super().__init__()
         n_kv_heads = n_heads if n_kv_heads is None else n_kv_heads
@@ -158,9 +199,11 @@ class MultiHeadAttention(nn.Module):
         self.v_proj = nn.Linear(d_model, kv_dim, bias=bias)
         self.o_proj = nn.Linear(d_model, d_model, bias=bias)
         self.resid_dropout = nn.Dropout(dropout)
+        self.hook_pattern = HookPoint()  # names the weights; computed only when hooked (ch. 11)
         self.rotary_emb = None
         if rope_theta is not None:
-            self.rotary_emb = RotaryEmbedding(self.head_dim, context_length, rope_theta)
+            self.rotary_emb = RotaryEmbedding(self.head_dim, context_length, rope_theta,
+                                              rope_layout)
 
     def forward(
         self,
@@ -172,7 +215,8 @@ class MultiHeadAttention(nn.Module):
         """x (B, T, C) -> (B, T, C); with `return_weights` also the (B, H, T, Tk) weights.
 
         `mask` (optional, boolean, broadcastable to (B, H, T, Tk)) is combined with the causal
-        mask, e.g. `attention_mask[:, None, None, :]` to hide padding keys.
+        mask, e.g. `attention_mask[:, None, None, :]` to hide padding keys. A query left with no
+        key at all (a left-padding position) gets a zero output on both paths, never NaN.
         """
         if x.dim() != 3 or x.shape[-1] != self.d_model:
             raise ValueError(
@@ -182,9 +226,10 @@ class MultiHeadAttention(nn.Module):
         H, H_kv, D = self.n_heads, self.n_kv_heads, self.head_dim
         start = 0 if cache is None else cache.length  # position of x's first token
 
-        q = self.q_proj(x).view(B, T, H, D).transpose(1, 2)  # (B, H, T, D)
-        k = self.k_proj(x).view(B, T, H_kv, D).transpose(1, 2)  # (B, H_kv, T, D)
-        v = self.v_proj(x).view(B, T, H_kv, D).transpose(1, 2)  # (B, H_kv, T, D)
+        q, k, v = self._project_qkv(x)  # (B, T, C), (B, T, H_kv*D), (B, T, H_kv*D)
+        q = q.view(B, T, H, D).transpose(1, 2)  # (B, H, T, D)
+        k = k.view(B, T, H_kv, D).transpose(1, 2)  # (B, H_kv, T, D)
+        v = v.view(B, T, H_kv, D).transpose(1, 2)  # (B, H_kv, T, D)
         if self.rotary_emb is not None:
             q, k = self.rotary_emb(q, start), self.rotary_emb(k, start)
         if cache is not None:
@@ -201,13 +246,15 @@ class MultiHeadAttention(nn.Module):
             _check_mask(mask, (B, H, T, Tk))
         # one new query (cached decoding) sits after every key, so it may see them all
         one_step = self.causal and self.window is None and T == 1
-        if self.causal and not one_step:
+        # the weights need the written-out path, and so does lmkit.inspect's pattern hook
+        use_kernel = self.fast and not return_weights and not self.hook_pattern.active
+        if self.causal and not one_step and not (use_kernel and fused_causal):
             cm = causal_mask(T, Tk, device=x.device, window=self.window)  # (T, Tk)
             mask = cm if mask is None else mask & cm
         dropout_p = self.dropout if self.training else 0.0
 
         weights = None
-        if self.fast and not return_weights:  # the weights need the written-out path
+        if use_kernel:
             y = F.scaled_dot_product_attention(  # (B, H, T, D)
                 q, k, v, attn_mask=None if fused_causal else mask, dropout_p=dropout_p,
                 is_causal=fused_causal,
@@ -218,9 +265,28 @@ class MultiHeadAttention(nn.Module):
             y, weights = scaled_dot_product_attention(
                 q, k, v, mask, return_weights=True, dropout_p=dropout_p
             )
+            if self.hook_pattern.active:  # lmkit.inspect reads or replaces the weights
+                hooked = self.hook_pattern(weights)  # (B, H, T, Tk)
+                if hooked is not weights:
+                    weights, y = hooked, hooked @ v  # (B, H, T, D)
         y = y.transpose(1, 2).reshape(B, T, C)  # (B, T, H*D) = (B, T, C)
         y = self.resid_dropout(self.o_proj(y))  # (B, T, C)
         return (y, weights) if return_weights else y
+
+    def _project_qkv(self, x: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        """q, k, v = q_proj(x), k_proj(x), v_proj(x); with `fast`, as one matrix product.
+
+        The fast path multiplies by the three weights stacked (as GPT-2's c_attn does): one
+        large product instead of three, which is faster, also backwards. The projections' own
+        forward hooks would not run then, so a hooked projection takes the three calls.
+        """
+        projs = (self.q_proj, self.k_proj, self.v_proj)
+        if not self.fast or any(m._forward_hooks or m._forward_pre_hooks for m in projs):
+            return self.q_proj(x), self.k_proj(x), self.v_proj(x)
+        w = torch.cat([m.weight for m in projs])  # (C + 2 kv_dim, C)
+        b = None if self.q_proj.bias is None else torch.cat([m.bias for m in projs])
+        kv_dim = self.k_proj.out_features
+        return F.linear(x, w, b).split((self.d_model, kv_dim, kv_dim), dim=-1)
 
     def extra_repr(self) -> str:
         rope = None if self.rotary_emb is None else self.rotary_emb.theta

@@ -4,7 +4,10 @@
 - `LearnedPositionalEmbedding`: one learned row per position (GPT-2's `wpe`).
 - `SinusoidalPositionalEncoding`: fixed sines and cosines (Vaswani et al., 2017).
 - `rope_frequencies`, `apply_rope`, `RotaryEmbedding`: rotary position embedding (Su et al.,
-  2021), in Hugging Face Llama's "rotate_half" layout so Llama weights load unchanged.
+  2021), in both layouts real checkpoints use (`ROPE_LAYOUTS`): "half" pairs dimension i with
+  i + D/2 (Hugging Face Llama's "rotate_half", GPT-NeoX); "interleaved" pairs 2i with 2i + 1
+  (RoFormer, Meta's Llama code, llama.cpp's GGUF files). `rope_permutation` and
+  `convert_rope_layout` move q/k projection weights from one layout to the other.
 
 The positional modules take `start`, the position of the first token, so that a new token fed
 after a KV cache of `start` tokens gets position `start` (chapter 08).
@@ -25,7 +28,13 @@ __all__ = [
     "rope_frequencies",
     "rotate_half",
     "apply_rope",
+    "apply_rope_interleaved",
+    "ROPE_LAYOUTS",
+    "rope_permutation",
+    "convert_rope_layout",
 ]
+
+ROPE_LAYOUTS = ("half", "interleaved")
 
 
 class TokenEmbedding(nn.Module):
@@ -153,19 +162,73 @@ def apply_rope(
     return x * cos + rotate_half(x) * sin
 
 
+def apply_rope_interleaved(x: Tensor, cos: Tensor, sin: Tensor, start: int = 0) -> Tensor:
+    """RoPE on pairs (x[2i], x[2i+1]) (RoFormer, Meta, GGUF); same tables as `apply_rope`.
+
+    Pair i turns by angle t * theta^(-2i/D), the angle of pair (i, i + D/2) in the half layout.
+    """
+    T, D = x.shape[-2], x.shape[-1]
+    if start < 0 or start + T > cos.shape[0]:
+        raise ValueError(f"positions {start}..{start + T - 1} are outside the RoPE table of "
+                         f"{cos.shape[0]} positions")
+    cos = cos[start : start + T, : D // 2].to(x.dtype)  # (T, D/2): pair i's angle
+    sin = sin[start : start + T, : D // 2].to(x.dtype)
+    pairs = x.unflatten(-1, (D // 2, 2))  # (B, H, T, D/2, 2)
+    x0, x1 = pairs[..., 0], pairs[..., 1]  # (B, H, T, D/2) each
+    rotated = torch.stack((x0 * cos - x1 * sin, x0 * sin + x1 * cos), dim=-1)
+    return rotated.flatten(-2)  # (B, H, T, D)
+
+
+def rope_permutation(head_dim: int, to: str = "half") -> Tensor:
+    """Index p with half[j] = interleaved[p[j]] (to="half"), or the inverse (to="interleaved").
+
+    In the half layout dimension j < D/2 is the first number of pair j and j + D/2 the second;
+    in the interleaved layout they are dimensions 2j and 2j + 1.
+    """
+    if to not in ROPE_LAYOUTS:
+        raise ValueError(f"unknown RoPE layout {to!r}; choose one of {list(ROPE_LAYOUTS)}")
+    if head_dim % 2 != 0:
+        raise ValueError(f"RoPE needs an even head_dim, got {head_dim}")
+    half_from_interleaved = torch.arange(head_dim).view(head_dim // 2, 2).t().reshape(-1)
+    if to == "half":
+        return half_from_interleaved  # [0, 2, 4, ..., 1, 3, 5, ...]
+    return torch.argsort(half_from_interleaved)  # [0, D/2, 1, D/2 + 1, ...]
+
+
+def convert_rope_layout(weight: Tensor, n_heads: int, to: str) -> Tensor:
+    """Reorder the output rows of a q or k projection (H * D, C) (or its bias) into layout `to`.
+
+    Rotating the converted q, k in the new layout gives the same q . k scores: the same pairs
+    turn by the same angles, only their dimensions are stored elsewhere (chapter 09).
+    """
+    if weight.shape[0] % n_heads != 0:
+        raise ValueError(f"{weight.shape[0]} rows do not split into n_heads={n_heads} heads")
+    D = weight.shape[0] // n_heads
+    perm = rope_permutation(D, to)  # (D,)
+    per_head = weight.reshape(n_heads, D, *weight.shape[1:])  # (H, D, C)
+    return per_head[:, perm].reshape(weight.shape)  # (H * D, C)
+
+
 class RotaryEmbedding(nn.Module):
     """Holds the RoPE cos/sin tables as buffers and rotates queries or keys (chapter 09)."""
 
-    def __init__(self, head_dim: int, context_length: int, theta: float = 10000.0):
+    def __init__(self, head_dim: int, context_length: int, theta: float = 10000.0,
+                 layout: str = "half"):
         super().__init__()
+        if layout not in ROPE_LAYOUTS:
+            raise ValueError(f"unknown RoPE layout {layout!r}; choose one of {list(ROPE_LAYOUTS)}")
         self.head_dim, self.context_length, self.theta = head_dim, context_length, theta
+        self.layout = layout
         cos, sin = rope_frequencies(head_dim, context_length, theta)
         self.register_buffer("cos", cos, persistent=False)  # (context_length, D)
         self.register_buffer("sin", sin, persistent=False)  # (context_length, D)
 
     def forward(self, x: Tensor, start: int = 0) -> Tensor:
+        if self.layout == "interleaved":
+            return apply_rope_interleaved(x, self.cos, self.sin, start)  # (B, H, T, D)
         return apply_rope(x, self.cos, self.sin, start)  # (B, H, T, D)
 
     def extra_repr(self) -> str:
-        return f"head_dim={self.head_dim}, context_length={self.context_length}, theta={self.theta}"
+        return (f"head_dim={self.head_dim}, context_length={self.context_length}, "
+                f"theta={self.theta}, layout={self.layout!r}")
 

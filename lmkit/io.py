@@ -28,8 +28,10 @@ def write_atomic(path: str | os.PathLike, data: str | bytes | Callable[[str], No
     """Write `data` to `path` all at once: text (UTF-8, "\\n" line ends), bytes, or a function
     `write(tmp_path)` that writes the file itself (e.g. safetensors' `save_file`).
 
-    The data goes to a temporary file in the same folder, which is then renamed over `path`:
-    an interrupted write leaves the old file (or none), never a half-written one.
+    The data goes to a temporary file in the same folder, flushed to the disk (fsync), which
+    is then renamed over `path`, and the rename itself flushed (fsync of the folder, where the
+    system allows it): an interrupted write, even a power cut, leaves the old file (or none),
+    never a half-written one.
     """
     path = Path(path)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
@@ -37,18 +39,43 @@ def write_atomic(path: str | os.PathLike, data: str | bytes | Callable[[str], No
         if callable(data):
             os.close(fd)
             data(tmp)
+            fd = os.open(tmp, os.O_RDWR)  # the writer's file, reopened to flush it
+            try:
+                os.fsync(fd)
+            finally:
+                os.close(fd)
         elif isinstance(data, str):
             with os.fdopen(fd, "w", encoding="utf-8", newline="\n") as f:
                 f.write(data)
+                f.flush()
+                os.fsync(f.fileno())
         else:
             with os.fdopen(fd, "wb") as f:
                 f.write(data)
+                f.flush()
+                os.fsync(f.fileno())
         os.chmod(tmp, FILE_MODE)
         os.replace(tmp, path)
     except BaseException:
         if os.path.exists(tmp):
             os.unlink(tmp)
         raise
+    _fsync_folder(path.parent)
+
+
+def _fsync_folder(folder: Path) -> None:
+    """Flush a folder's entries (a rename in it) to the disk; a no-op where folders cannot be
+    opened (Windows)."""
+    try:
+        fd = os.open(folder, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:  # some file systems refuse fsync on a folder
+        pass
+    finally:
+        os.close(fd)
 
 
 def read_text(path: str | os.PathLike) -> str:
@@ -85,7 +112,7 @@ def read_safetensors(path: str | os.PathLike) -> tuple[dict[str, Tensor], dict[s
 
     A file that is not safetensors is a ValueError naming the file and the likely cause.
     """
-    from safetensors import safe_open
+    from safetensors import SafetensorError, safe_open
 
     path = Path(path)
     if not path.is_file():
@@ -94,7 +121,7 @@ def read_safetensors(path: str | os.PathLike) -> tuple[dict[str, Tensor], dict[s
         with safe_open(str(path), framework="pt") as f:
             meta = dict(f.metadata() or {})
             tensors = {name: f.get_tensor(name) for name in f.keys()}  # noqa: SIM118
-    except Exception as e:  # safetensors raises its own SafetensorError (and OSError, ...)
+    except SafetensorError as e:  # a bad header or layout; MemoryError, OSError, ... propagate
         raise ValueError(
             f"{path} is not a valid safetensors file: {_likely_cause(path)} "
             f"[{type(e).__name__}: {e}]"

@@ -39,13 +39,15 @@ from dataclasses import asdict, dataclass, fields
 import torch
 from torch import Tensor, nn
 
-from lmkit.attention import KVCache, MultiHeadAttention
+from lmkit.attention import KVCache, MultiHeadAttention, RollingKVCache
 from lmkit.embeddings import (
+    ROPE_LAYOUTS,
     LearnedPositionalEmbedding,
     SinusoidalPositionalEncoding,
     TokenEmbedding,
 )
 from lmkit.ffn import ACTIVATIONS, FeedForward, get_activation
+from lmkit.inspect import HookPoint
 from lmkit.norm import NORMS, make_norm
 
 __all__ = ["ModelConfig", "Block", "TransformerLM", "MaskedLMTransform", "mean_pool"]
@@ -79,6 +81,7 @@ class ModelConfig:
     activation: str = "gelu_tanh"  # "gelu" | "gelu_tanh" | "relu" | "silu" | "swiglu"
     positional: str = "learned"  # "learned" | "sinusoidal" | "rope" | "none"
     rope_theta: float = 10000.0
+    rope_layout: str = "half"  # "half" (HF, GPT-NeoX) | "interleaved" (Meta, GGUF) (chapter 09)
     bias: bool = True  # biases in every Linear and LayerNorm
     tie_embeddings: bool = True  # lm_head.weight is tok_emb.weight
     dropout: float = 0.0
@@ -101,6 +104,7 @@ class ModelConfig:
         _check_choice("head", self.head, HEADS)
         if not isinstance(self.type_vocab_size, int) or self.type_vocab_size < 0:
             raise ValueError(f"type_vocab_size must be an integer >= 0, got {self.type_vocab_size!r}")
+        _check_choice("rope_layout", self.rope_layout, ROPE_LAYOUTS)
         if self.d_model % self.n_heads != 0:
             raise ValueError(f"d_model={self.d_model} is not divisible by n_heads={self.n_heads}")
         if self.n_heads % self.num_kv_heads != 0:
@@ -229,21 +233,24 @@ class Block(nn.Module):
             c.d_model, c.n_heads, c.num_kv_heads, bias=c.bias, causal=c.causal,
             dropout=c.dropout, window=c.window, fast=fast,
             rope_theta=c.rope_theta if c.positional == "rope" else None,
-            context_length=c.context_length,
+            context_length=c.context_length, rope_layout=c.rope_layout,
         )
         self.norm2 = make_norm(c.norm, c.d_model, c.norm_eps, bias=c.bias, fast=fast)
         self.mlp = FeedForward(
             c.d_model, c.ffn_dim, c.activation, bias=c.bias, dropout=c.dropout, fast=fast
         )
+        self.hook_resid_mid = HookPoint()  # names the stream after attention (chapter 11)
 
     def forward(
         self, x: Tensor, cache: KVCache | None = None, mask: Tensor | None = None
     ) -> Tensor:
         if self.norm_position == "pre":
             x = x + self.attn(self.norm1(x), cache=cache, mask=mask)  # (B, T, C)
+            x = self.hook_resid_mid(x)
             x = x + self.mlp(self.norm2(x))  # (B, T, C)
         else:
             x = self.norm1(x + self.attn(x, cache=cache, mask=mask))  # (B, T, C)
+            x = self.hook_resid_mid(x)
             x = self.norm2(x + self.mlp(x))  # (B, T, C)
         return x
 
@@ -339,7 +346,10 @@ class TransformerLM(nn.Module):
         return self
 
     def new_cache(self) -> list[KVCache]:
-        """An empty KV cache: one `KVCache` per block (chapter 08)."""
+        """An empty KV cache: one `KVCache` per block (chapter 08); with a sliding window a
+        `RollingKVCache` that keeps only the last window - 1 positions (chapter 09)."""
+        if self.config.window is not None:
+            return [RollingKVCache(self.config.window) for _ in self.blocks]
         return [KVCache() for _ in self.blocks]
 
     def forward(

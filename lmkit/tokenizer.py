@@ -321,25 +321,40 @@ class BPETokenizer:
 
         Chunks may end anywhere, inside a word or inside a special token. A pre-split piece is
         given out once enough text follows it to be sure it cannot grow; a special token once
-        every longer special token that could start there is ruled out. With `pattern=None`
-        the whole text is one piece, so nothing can be given out before the end.
+        every longer special token that could start there is ruled out.
+
+        Time is linear in the length of the text: the held text is scanned again only once
+        as much new text has arrived, so each character is scanned a bounded number of times.
+        Memory stays small except for one pre-split piece that is itself long (a run of
+        thousands of letters or spaces), which is held whole until it ends. With
+        `pattern=None` there is no pre-split: the text between two special tokens is one
+        piece, so such a tokenizer cannot stream; it holds that text whole (all of it, if
+        there are no special tokens) and gives its ids at the next special token or the end.
         """
         hold = max(map(len, self.special_tokens), default=1) - 1  # may start a special token
-        buffer = ""
+        buffer = ""  # the text scanned last time and not given out yet
+        pending: list[str] = []  # chunks that arrived since, not scanned yet
+        waiting = 0  # characters in `pending`
         for chunk in chunks:
             if not isinstance(chunk, str):
                 raise TypeError(f"encode_iterable expects chunks of text (str), got "
                                 f"{type(chunk).__name__}; open files in text mode")
-            buffer += chunk
+            pending.append(chunk)
+            waiting += len(chunk)
+            if waiting < len(buffer):  # rescanning `buffer` now would cost more than is new
+                continue
+            buffer += "".join(pending)
+            pending.clear()
+            waiting = 0
             ids, buffer = self._encode_finished(buffer, hold)
             yield from ids
-        yield from self.encode(buffer)
+        yield from self.encode(buffer + "".join(pending))
 
     def _encode_finished(self, text: str, hold: int) -> tuple[list[int], str]:
         """(ids of the start of `text` that more text cannot change, the rest of `text`)."""
         ids: list[int] = []
         pos, end = 0, len(text)
-        safe = end - hold  # a special token starting before `safe` lies wholly inside text
+        safe = max(0, end - hold)  # a special token starting before it lies wholly inside text
         while self._special_split is not None:
             m = self._special_split.search(text, pos)
             if m is None or m.start() >= safe:
@@ -411,6 +426,10 @@ class BPETokenizer:
         vocabulary has it). Every other vocab entry must be a byte or made by a line of
         merges.txt: a truncated merges.txt is a ValueError naming the first token it lacks.
         """
+        if isinstance(special_tokens, (str, bytes)):  # a str would be iterated per character
+            raise TypeError(f"special_tokens must be a list of strings, got the "
+                            f"{type(special_tokens).__name__} {special_tokens!r}; write "
+                            f"special_tokens=[{special_tokens!r}]")
         directory = Path(directory)
         vocab_path, merges_path = directory / "vocab.json", directory / "merges.txt"
         for path in (vocab_path, merges_path):

@@ -19,3 +19,12 @@ def one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(n)
+
+
+@pytest.fixture(scope="session")
+def smollm2():
+    """SmolLM2-135M-Instruct loaded once per test session (chapter 09): (model, tokenizer)."""
+    pytest.importorskip("gguf")
+    from lmkit.pretrained import load_smollm2
+
+    return load_smollm2()

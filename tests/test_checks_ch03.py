@@ -1,34 +1,15 @@
-"""The chapter 03 checkers accept correct attention code and reject typical mistakes with a useful hint."""
+"""The chapter 03 checkers pass correct answers and reject a catalogue of wrong ones, each with
+the hint meant for it (tests/catalogue.py explains the pattern)."""
 
 import math
 
 import pytest
 import torch
+from catalogue import Wrong, assert_complete, assert_passes, assert_rejected, assert_stub_raises
 
-from lmkit.attention import MultiHeadAttention, scaled_dot_product_attention
+from lmkit.attention import scaled_dot_product_attention
 from lmkit.checks import ch03
-
-
-def stub(*args):
-    raise NotImplementedError("exercise not solved yet")
-
-
-@pytest.mark.parametrize(
-    "check",
-    [ch03.check_masked_softmax, ch03.check_causal_mask, ch03.check_attention,
-     ch03.check_multi_head_attention],
-)
-def test_stub_fails(check):
-    with pytest.raises(NotImplementedError):
-        check(stub)
-
-
-def test_split_merge_stubs_fail():
-    with pytest.raises(NotImplementedError):
-        ch03.check_split_merge(stub, stub)
-    with pytest.raises(NotImplementedError):  # split solved, merge not yet
-        ch03.check_split_merge(split_heads, stub)
-
+from lmkit.checks.common import OVERFLOW
 
 # ----------------------------------------------------------------- reference solutions
 
@@ -55,223 +36,238 @@ def merge_heads(x):
     return x.transpose(1, 2).reshape(B, T, H * D)
 
 
-def multi_head_attention(x, W_q, W_k, W_v, W_o, n_heads, scale_by=None, split=split_heads,
-                         merge=merge_heads, causal=True):
-    T = x.shape[1]
-    q, k, v = (split(x @ W, n_heads) for W in (W_q, W_k, W_v))
-    D = q.shape[-1] if scale_by is None else scale_by
-    scores = q @ k.transpose(-2, -1) / math.sqrt(D)
-    if causal:
-        scores = scores.masked_fill(~causal_mask(T), float("-inf"))
-    return merge(torch.softmax(scores, dim=-1) @ v) @ W_o
+def mha(x, W_q, W_k, W_v, W_o, n_heads, scale=lambda D, C: math.sqrt(D), split=split_heads,
+        merge=merge_heads, causal=True, dim=-1, after=False, wo=True, heads=None, wT=False):
+    B, T, C = x.shape
+    H = heads or n_heads
+    if wT:
+        W_q, W_k, W_v, W_o = W_q.T, W_k.T, W_v.T, W_o.T
+    q, k, v = (split(x @ W, H) for W in (W_q, W_k, W_v))
+    scores = q @ k.transpose(-2, -1) / scale(q.shape[-1], C)
+    m = causal_mask(T)
+    if causal and not after:
+        scores = scores.masked_fill(~m, float("-inf"))
+    w = torch.softmax(scores, dim=dim)
+    if after:
+        w = w * m
+    y = merge(w @ v)
+    return y @ W_o if wo else y
 
 
-# ----------------------------------------------------------------- exercise 1
+def manual_softmax(s, dim=-1):  # exp / sum without subtracting the maximum
+    e = s.exp()
+    return e / e.sum(dim=dim, keepdim=True)
 
 
-def test_masked_softmax(capsys):
-    ch03.check_masked_softmax(masked_softmax)
-    assert "✓ masked_softmax" in capsys.readouterr().out
-
-    def after_softmax(scores, mask):  # zeroes weights after normalising
-        return torch.softmax(scores, dim=-1) * mask
-
-    with pytest.raises(AssertionError, match="zeroing weights after the softmax"):
-        ch03.check_masked_softmax(after_softmax)
-
-    def finite_fill(scores, mask):
-        return torch.softmax(scores.masked_fill(~mask, -1e9), dim=-1)
-
-    with pytest.raises(AssertionError, match="-1e9 is only a big number"):
-        ch03.check_masked_softmax(finite_fill)
-
-    def additive_inf(scores, mask):  # (~mask) * -inf is NaN where mask is True
-        return torch.softmax(scores + (~mask).float() * float("-inf"), dim=-1)
-
-    with pytest.raises(AssertionError, match="0 \\* -inf is NaN"):
-        ch03.check_masked_softmax(additive_inf)
-
-    def unstable(scores, mask):
-        e = torch.exp(scores.masked_fill(~mask, float("-inf")))
-        return e / e.sum(dim=-1, keepdim=True)
-
-    with pytest.raises(AssertionError, match="Subtract each row's maximum"):
-        ch03.check_masked_softmax(unstable)
-
-    def over_queries(scores, mask):
-        return torch.softmax(scores.masked_fill(~mask, float("-inf")), dim=-2)
-
-    with pytest.raises(AssertionError, match="columns sum to 1"):
-        ch03.check_masked_softmax(over_queries)
+# ----------------------------------------------------------------- exercise 1: masked_softmax
 
 
-# ----------------------------------------------------------------- exercise 2
+def fill_in_place(scores, mask):
+    scores.masked_fill_(~mask, float("-inf"))
+    return torch.softmax(scores, dim=-1)
 
 
-def test_causal_mask(capsys):
-    ch03.check_causal_mask(causal_mask)
-    assert "✓ causal_mask" in capsys.readouterr().out
+W1 = [
+    Wrong("masked_softmax", "after", lambda s, m: torch.softmax(s, dim=-1) * m),
+    Wrong("masked_softmax", "additive", lambda s, m: torch.softmax(s + (~m) * float("-inf"), -1)),
+    Wrong("masked_softmax", "overflow", lambda s, m: manual_softmax(
+        s.masked_fill(~m, float("-inf")))),
+    Wrong("masked_softmax", "big_negative", lambda s, m: torch.softmax(s.masked_fill(~m, -1e9), -1)),
+    Wrong("masked_softmax", "fill", lambda s, m: torch.softmax(s.masked_fill(~m, 0.0), -1)),
+    Wrong("masked_softmax", "fill", lambda s, m: torch.softmax(s * m, -1)),
+    Wrong("masked_softmax", "inverted", lambda s, m: torch.softmax(s.masked_fill(m, float("-inf")),
+                                                                   -1)),
+    Wrong("masked_softmax", "dim", lambda s, m: torch.softmax(s.masked_fill(~m, float("-inf")), -2)),
+    Wrong("masked_softmax", "log", lambda s, m: torch.log_softmax(s.masked_fill(~m, float("-inf")),
+                                                                  -1)),
+    Wrong("masked_softmax", "inplace", fill_in_place),
+    Wrong("masked_softmax", "none", lambda s, m: None),
+]
 
-    def upper(T):  # the transpose: each position sees itself and the future
-        return torch.triu(torch.ones(T, T, dtype=torch.bool))
+# ----------------------------------------------------------------- exercise 2: causal_mask
 
-    with pytest.raises(AssertionError, match="position 0 changed when token 3 changed: your "
-                                             "mask lets tokens see the future"):
-        ch03.check_causal_mask(upper)
+W2 = [
+    Wrong("causal_mask", "future", lambda T: torch.ones(T, T, dtype=torch.bool)),
+    Wrong("causal_mask", "future", lambda T: torch.tril(torch.ones(T, T, dtype=torch.bool), 1)),
+    Wrong("causal_mask", "future", lambda T: torch.triu(torch.ones(T, T, dtype=torch.bool))),
+    Wrong("causal_mask", "diagonal", lambda T: torch.tril(torch.ones(T, T, dtype=torch.bool), -1)),
+    Wrong("causal_mask", "inverted", lambda T: torch.triu(torch.ones(T, T, dtype=torch.bool), 1)),
+    Wrong("causal_mask", "dtype", lambda T: torch.tril(torch.ones(T, T))),
+    Wrong("causal_mask", "additive", lambda T: torch.zeros(T, T).masked_fill(
+        ~torch.tril(torch.ones(T, T, dtype=torch.bool)), float("-inf"))),
+    Wrong("causal_mask", "shape", lambda T: torch.tril(torch.ones(T + 1, T + 1, dtype=torch.bool))),
+    Wrong("causal_mask", "type", lambda T: [[j <= i for j in range(T)] for i in range(T)]),
+    Wrong("causal_mask", "none", lambda T: None),
+]
 
-    with pytest.raises(AssertionError, match="must be able to attend to itself"):
-        ch03.check_causal_mask(lambda T: torch.tril(torch.ones(T, T, dtype=torch.bool), -1))
-
-    with pytest.raises(AssertionError, match="position 2 changed when token 3 changed"):
-        ch03.check_causal_mask(lambda T: torch.tril(torch.ones(T, T, dtype=torch.bool), 1))
-
-    with pytest.raises(AssertionError, match="return a boolean tensor"):
-        ch03.check_causal_mask(lambda T: torch.tril(torch.ones(T, T)))
-
-    with pytest.raises(AssertionError, match="must see every key"):
-        ch03.check_causal_mask(lambda T: torch.eye(T, dtype=torch.bool))
-
-
-# ----------------------------------------------------------------- exercise 3
+# ----------------------------------------------------------------- exercise 3: attention
 
 
-def test_attention(capsys):
-    ch03.check_attention(attention)
-    assert "✓ attention" in capsys.readouterr().out
+def attn(scale=lambda D, Tk: math.sqrt(D), dim=-1, after=False, use_mask=True, invert=False,
+         values=True, kT=False, softmax=torch.softmax):
+    def f(q, k, v, mask=None):
+        kt = k.T if kT else k.transpose(-2, -1)
+        scores = q @ kt / scale(q.shape[-1], k.shape[-2])
+        if mask is not None and use_mask and not after:
+            scores = scores.masked_fill(mask if invert else ~mask, float("-inf"))
+        w = softmax(scores, dim=dim)
+        if mask is not None and after:
+            w = w * mask
+        return w @ (v if values else k)
+    return f
 
-    def unscaled(q, k, v, mask=None):
-        return scaled_dot_product_attention(q * math.sqrt(q.shape[-1]), k, v, mask)
 
-    with pytest.raises(AssertionError, match="WITHOUT the scaling"):
-        ch03.check_attention(unscaled)
+def scale_q_in_place(q, k, v, mask=None):
+    q /= math.sqrt(q.shape[-1])
+    scores = q @ k.transpose(-2, -1)
+    if mask is not None:
+        scores = scores.masked_fill(~mask, float("-inf"))
+    return torch.softmax(scores, dim=-1) @ v
 
-    def by_d(q, k, v, mask=None):
-        return scaled_dot_product_attention(q / math.sqrt(q.shape[-1]), k, v, mask)
 
-    with pytest.raises(AssertionError, match="divide by sqrt"):
-        ch03.check_attention(by_d)
+def with_weights(q, k, v, mask=None):
+    w = torch.softmax(ch03._attention_variant(q, k, torch.eye(k.shape[-2]), mask)
+                      .clamp_min(1e-30).log(), dim=-1)
+    return w @ v, w
 
-    with pytest.raises(AssertionError, match="equals attention without the mask"):
-        ch03.check_attention(lambda q, k, v, mask=None: scaled_dot_product_attention(q, k, v))
 
-    def inverted(q, k, v, mask=None):
-        return scaled_dot_product_attention(q, k, v, None if mask is None else ~mask)
+W3 = [
+    Wrong("attention", "no_scale", attn(scale=lambda D, Tk: 1.0)),
+    Wrong("attention", "scale_D", attn(scale=lambda D, Tk: D)),
+    Wrong("attention", "scale_Tk", attn(scale=lambda D, Tk: math.sqrt(Tk))),
+    Wrong("attention", "mask_after", attn(after=True)),
+    Wrong("attention", "no_mask", attn(use_mask=False)),
+    Wrong("attention", "inverted", attn(invert=True)),
+    Wrong("attention", "dim", attn(dim=-2)),
+    Wrong("attention", "kT", attn(kT=True)),
+    Wrong("attention", "values", attn(values=False)),
+    Wrong("attention", "overflow", attn(softmax=manual_softmax)),
+    Wrong("attention", "tuple", with_weights),
+    Wrong("attention", "inplace", scale_q_in_place),
+]
 
+# ----------------------------------------------------------------- exercise 4: split and merge
+
+
+def split_reshape(x, n_heads):
+    B, T, C = x.shape
+    return x.reshape(B, n_heads, T, C // n_heads)
+
+
+def split_dh(x, n_heads):
+    B, T, C = x.shape
+    return x.view(B, T, C // n_heads, n_heads).permute(0, 3, 1, 2)
+
+
+def split_no_transpose(x, n_heads):
+    B, T, C = x.shape
+    return x.view(B, T, n_heads, C // n_heads)
+
+
+def split_heads_is_d(x, n_heads):  # n_heads taken as the head size
+    B, T, C = x.shape
+    return x.view(B, T, C // n_heads, n_heads).transpose(1, 2)
+
+
+def merge_reshape(y):
+    B, H, T, D = y.shape
+    return y.reshape(B, T, H * D)
+
+
+def merge_no_reshape(y):
+    return y.transpose(1, 2)
+
+
+def merge_view(y):
+    B, H, T, D = y.shape
+    return y.transpose(1, 2).view(B, T, H * D)
+
+
+def split_in_place(x, n_heads):
+    B, T, C = x.shape
+    return x.resize_(B, T, n_heads, C // n_heads).transpose(1, 2)
+
+
+W4 = [
+    Wrong("split_merge", "split_reshape", (split_reshape, merge_heads)),
+    Wrong("split_merge", "split_order", (split_dh, merge_heads)),
+    Wrong("split_merge", "split_no_transpose", (split_no_transpose, merge_heads)),
+    Wrong("split_merge", "heads_dims", (split_heads_is_d, merge_heads)),
+    Wrong("split_merge", "merge_reshape", (split_heads, merge_reshape)),
+    Wrong("split_merge", "merge_shape", (split_heads, merge_no_reshape)),
+    Wrong("split_merge", "view", (split_heads, merge_view)),
+    Wrong("split_merge", "inplace", (split_in_place, merge_heads)),
+]
+
+# ----------------------------------------------------------------- exercise 5: multi-head attention
+
+
+def wq_in_place(x, W_q, W_k, W_v, W_o, n_heads):
+    W_q /= math.sqrt(x.shape[-1] // n_heads)  # folds the scale into W_q, changing the caller's
+    return mha(x, W_q, W_k, W_v, W_o, n_heads, scale=lambda D, C: 1.0)
+
+
+def variant(**kw):
+    return lambda x, W_q, W_k, W_v, W_o, n_heads: mha(x, W_q, W_k, W_v, W_o, n_heads, **kw)
+
+
+W5 = [
+    Wrong("multi_head_attention", "scale_C", variant(scale=lambda D, C: math.sqrt(C))),
+    Wrong("multi_head_attention", "no_scale", variant(scale=lambda D, C: 1.0)),
+    Wrong("multi_head_attention", "scale_D", variant(scale=lambda D, C: D)),
+    Wrong("multi_head_attention", "no_wo", variant(wo=False)),
+    Wrong("multi_head_attention", "split", variant(split=split_reshape)),
+    Wrong("multi_head_attention", "merge", variant(merge=merge_reshape)),
+    Wrong("multi_head_attention", "split", variant(split=split_reshape, merge=merge_reshape)),
+    Wrong("multi_head_attention", "single_head", variant(heads=1)),
+    Wrong("multi_head_attention", "transpose_w", variant(wT=True)),
+    Wrong("multi_head_attention", "dim", variant(dim=-2)),
+    Wrong("multi_head_attention", "no_mask", variant(causal=False)),
+    Wrong("multi_head_attention", "mask_after", variant(after=True)),
+    Wrong("multi_head_attention", "inplace", wq_in_place),
+]
+
+CATALOGUE = W1 + W2 + W3 + W4 + W5
+SOLUTIONS = {"masked_softmax": masked_softmax, "causal_mask": causal_mask, "attention": attention,
+             "split_merge": (split_heads, merge_heads), "multi_head_attention": variant()}
+
+
+@pytest.mark.parametrize("exercise", sorted(SOLUTIONS))
+def test_solution_passes_and_stub_raises(exercise, capsys):
+    assert_passes(ch03, exercise, SOLUTIONS[exercise], capsys)
+    assert_stub_raises(ch03, exercise, n_fns=2 if exercise == "split_merge" else 1)
+
+
+def test_split_solved_merge_stub_raises():
+    with pytest.raises(NotImplementedError):
+        ch03.check_split_merge(split_heads, lambda y: (_ for _ in ()).throw(NotImplementedError))
+
+
+@pytest.mark.parametrize("wrong", CATALOGUE, ids=lambda w: w.id)
+def test_wrong_answer_gets_its_hint(wrong):
+    assert_rejected(ch03, wrong)
+
+
+def test_catalogue_complete():
+    assert_complete(ch03, CATALOGUE, SOLUTIONS)
+
+
+def test_issue10_hints():
+    """Softmax over dim -2 is not called a leaking mask; dividing by D is not called sqrt(C)."""
+    with pytest.raises(AssertionError) as e:
+        ch03.check_multi_head_attention(variant(dim=-2))
+    assert "see the future" not in str(e.value) and "dim=-2" in str(e.value)
+    with pytest.raises(AssertionError) as e:
+        ch03.check_multi_head_attention(variant(scale=lambda D, C: D))
+    assert "sqrt(C)" not in str(e.value)
+    assert OVERFLOW.hint in ch03.MISTAKES["attention"]["overflow"].hint
+
+
+def max_over_all_then_mask(scores, mask):  # the max includes masked scores
+    e = (scores - scores.max(-1, keepdim=True).values).exp() * mask
+    return e / e.sum(-1, keepdim=True)
+
+
+def test_max_over_masked_scores_is_caught():
     with pytest.raises(AssertionError, match="contains NaN"):
-        ch03.check_attention(inverted)
-
-    def dot_t(q, k, v, mask=None):  # k.T reverses all dimensions of a batched tensor
-        scores = (q @ k.permute(*range(k.dim() - 1, -1, -1))) / math.sqrt(q.shape[-1])
-        return torch.softmax(scores, dim=-1) @ v
-
-    with pytest.raises(AssertionError, match="use k.transpose\\(-2, -1\\)"):
-        ch03.check_attention(dot_t)
-
-    def by_n_keys(q, k, v, mask=None):  # sqrt of the number of keys, not of D
-        return scaled_dot_product_attention(q * math.sqrt(q.shape[-1] / k.shape[-2]), k, v, mask)
-
-    with pytest.raises(AssertionError, match="square root of the number of keys, 4"):
-        ch03.check_attention(by_n_keys)
-
-    def masked_after(q, k, v, mask=None):  # zeroes weights after the softmax
-        weights = torch.softmax(q @ k.transpose(-2, -1) / math.sqrt(q.shape[-1]), dim=-1)
-        return (weights if mask is None else weights * mask) @ v
-
-    with pytest.raises(AssertionError, match="zeroed the weights after the softmax"):
-        ch03.check_attention(masked_after)
-
-    def both(q, k, v, mask=None):
-        return scaled_dot_product_attention(q, k, v, mask, return_weights=True)
-
-    with pytest.raises(AssertionError, match="return only the output"):
-        ch03.check_attention(both)
-
-
-# ----------------------------------------------------------------- exercise 4
-
-
-def test_split_merge(capsys):
-    ch03.check_split_merge(split_heads, merge_heads)
-    assert "✓ split_heads and merge_heads" in capsys.readouterr().out
-
-    def reshape_split(x, n_heads):
-        B, T, C = x.shape
-        return x.reshape(B, n_heads, T, C // n_heads)
-
-    with pytest.raises(AssertionError, match="reshape without transpose mixes heads"):
-        ch03.check_split_merge(reshape_split, merge_heads)
-
-    def reshape_merge(x):
-        B, H, T, D = x.shape
-        return x.reshape(B, T, H * D)
-
-    with pytest.raises(AssertionError, match="merge_heads.*reshape without transpose"):
-        ch03.check_split_merge(split_heads, reshape_merge)
-
-    def interleaved(x, n_heads):
-        B, T, C = x.shape
-        return x.view(B, T, C // n_heads, n_heads).permute(0, 3, 1, 2)
-
-    with pytest.raises(AssertionError, match="consecutive channels"):
-        ch03.check_split_merge(interleaved, merge_heads)
-
-    with pytest.raises(AssertionError, match="expected \\(B, H, T, D\\)"):
-        ch03.check_split_merge(lambda x, n_heads: x.view(*x.shape[:2], n_heads, -1), merge_heads)
-
-
-# ----------------------------------------------------------------- exercise 5
-
-
-def test_multi_head_attention(capsys):
-    ch03.check_multi_head_attention(multi_head_attention)
-    assert "✓ multi_head_attention" in capsys.readouterr().out
-
-    def no_mask(x, *Ws):
-        return multi_head_attention(x, *Ws, causal=False)
-
-    with pytest.raises(AssertionError, match="position 0 changed when token 6 changed: your "
-                                             "attention lets tokens see the future"):
-        ch03.check_multi_head_attention(no_mask)
-
-    def scaled_by_c(x, *Ws):
-        return multi_head_attention(x, *Ws, scale_by=x.shape[-1])
-
-    with pytest.raises(AssertionError, match="sqrt\\(C\\) = sqrt\\(d_model\\)"):
-        ch03.check_multi_head_attention(scaled_by_c)
-
-    def no_w_o(x, W_q, W_k, W_v, W_o, n_heads):
-        return multi_head_attention(x, W_q, W_k, W_v, torch.eye(x.shape[-1]), n_heads)
-
-    with pytest.raises(AssertionError, match="multiply by W_o"):
-        ch03.check_multi_head_attention(no_w_o)
-
-    def reshape_split(x, n_heads):
-        B, T, C = x.shape
-        return x.reshape(B, n_heads, T, C // n_heads)
-
-    with pytest.raises(AssertionError, match="heads are mixed up"):
-        ch03.check_multi_head_attention(
-            lambda x, *Ws: multi_head_attention(x, *Ws, split=reshape_split))
-
-    def one_head(x, W_q, W_k, W_v, W_o, n_heads):  # forgot to split into heads
-        return multi_head_attention(x, W_q, W_k, W_v, W_o, 1)
-
-    with pytest.raises(AssertionError, match="ONE head as wide as the model"):
-        ch03.check_multi_head_attention(one_head)
-
-    def transposed(x, W_q, W_k, W_v, W_o, n_heads):
-        return multi_head_attention(x, W_q.T, W_k.T, W_v.T, W_o.T, n_heads)
-
-    with pytest.raises(AssertionError, match="transposed matrices"):
-        ch03.check_multi_head_attention(transposed)
-
-
-def test_multi_head_attention_checker_agrees_with_lmkit_module():
-    """The checker's own reference is lmkit's module with copied weights; so is the notebook's."""
-    torch.manual_seed(0)
-    x, Ws = torch.randn(2, 5, 16), [torch.randn(16, 16) / 4 for _ in range(4)]
-    mha = MultiHeadAttention(16, 4, bias=False)
-    with torch.no_grad():
-        for proj, W in zip([mha.q_proj, mha.k_proj, mha.v_proj, mha.o_proj], Ws, strict=True):
-            proj.weight.copy_(W.T)
-    torch.testing.assert_close(mha(x), multi_head_attention(x, *Ws, 4))
+        ch03.check_masked_softmax(max_over_all_then_mask)

@@ -1,45 +1,45 @@
-"""The chapter 06 checkers accept right answers and reject typical mistakes with a useful hint."""
+"""The chapter 06 checkers pass correct answers and reject a catalogue of wrong ones, each with
+the hint meant for it (tests/catalogue.py explains the pattern)."""
 
 import pytest
 import torch
+from catalogue import Wrong, assert_complete, assert_passes, assert_rejected, assert_stub_raises
 
 from lmkit.checks import ch06
 from lmkit.model import TransformerLM
 
-
-def stub(*args):
-    raise NotImplementedError("exercise not solved yet")
+# ----------------------------------------------------------------- exercise 1: lm_head_probs
 
 
-@pytest.mark.parametrize(
-    "check",
-    [ch06.check_lm_head_probs, ch06.check_block_forward, ch06.check_count_params,
-     ch06.check_flops_per_token, ch06.check_gpt2_block_weights],
-)
-def test_stub_fails(check):
-    with pytest.raises(NotImplementedError):
-        check(stub)
+def lm_head_probs(h, W_E):
+    return torch.softmax(h @ W_E.T, dim=-1)
 
 
-# ----------------------------------------------------------------------------- LM head
+def manual(h, W_E):  # exp / sum, without subtracting the maximum
+    e = (h @ W_E.T).exp()
+    return e / e.sum(-1, keepdim=True)
 
 
-def test_lm_head_probs(capsys):
-    ch06.check_lm_head_probs(lambda h, W_E: torch.softmax(h @ W_E.T, dim=-1))
-    assert "✓ lm_head_probs" in capsys.readouterr().out
-    with pytest.raises(AssertionError, match=r"sum to 1 over positions \(dim 1\).*dim=-1"):
-        ch06.check_lm_head_probs(lambda h, W_E: torch.softmax(h @ W_E.T, dim=1))
-    with pytest.raises(AssertionError, match=r"over the batch"):
-        ch06.check_lm_head_probs(lambda h, W_E: torch.softmax(h @ W_E.T, dim=0))
-    with pytest.raises(AssertionError, match=r"logits are h @ W_E.T \(this case has V == C"):
-        ch06.check_lm_head_probs(lambda h, W_E: torch.softmax(h @ W_E, dim=-1))
-    with pytest.raises(AssertionError, match="you returned the logits"):
-        ch06.check_lm_head_probs(lambda h, W_E: h @ W_E.T)
-    with pytest.raises(AssertionError, match=r"shape \(B, T, V\)"):
-        ch06.check_lm_head_probs(lambda h, W_E: torch.softmax(h @ W_E.T, dim=-1)[:, -1])
+def scale_in_place(h, W_E):
+    h /= 1.0
+    h.mul_(2.0)
+    return torch.softmax(h @ W_E.T / 2, dim=-1)
 
 
-# ----------------------------------------------------------------------------- block
+W1 = [
+    Wrong("lm_head_probs", "logits", lambda h, W: h @ W.T),
+    Wrong("lm_head_probs", "log", lambda h, W: torch.log_softmax(h @ W.T, dim=-1)),
+    Wrong("lm_head_probs", "dim", lambda h, W: torch.softmax(h @ W.T, dim=1)),
+    Wrong("lm_head_probs", "dim", lambda h, W: torch.softmax(h @ W.T, dim=0)),
+    Wrong("lm_head_probs", "transpose", lambda h, W: torch.softmax(h @ W, dim=-1)),
+    Wrong("lm_head_probs", "overflow", manual),
+    Wrong("lm_head_probs", "sums", lambda h, W: torch.sigmoid(h @ W.T)),
+    Wrong("lm_head_probs", "sums", lambda h, W: (h @ W.T).abs() / (h @ W.T).abs().sum(-1, True)),
+    Wrong("lm_head_probs", "shape", lambda h, W: torch.softmax(h @ W.T, dim=-1)[:, -1]),
+    Wrong("lm_head_probs", "inplace", scale_in_place),
+]
+
+# ----------------------------------------------------------------- exercise 2: block_forward
 
 
 def pre_norm(x, norm1, attn, norm2, mlp):
@@ -47,53 +47,201 @@ def pre_norm(x, norm1, attn, norm2, mlp):
     return x + mlp(norm2(x))
 
 
-def test_block_forward(capsys):
-    ch06.check_block_forward(pre_norm)
-    assert "✓ block_forward" in capsys.readouterr().out
-
-    def post_norm(x, norm1, attn, norm2, mlp):
-        x = norm1(x + attn(x))
-        return norm2(x + mlp(x))
-
-    def parallel(x, norm1, attn, norm2, mlp):
-        return x + attn(norm1(x)) + mlp(norm2(x))
-
-    def normalised_stream(x, norm1, attn, norm2, mlp):
-        x = norm1(x)
-        x = x + attn(x)
-        return x + mlp(norm2(x))
-
-    def no_ffn_residual(x, norm1, attn, norm2, mlp):
-        return mlp(norm2(x + attn(norm1(x))))
-
-    def last_position_only(x, norm1, attn, norm2, mlp):
-        return pre_norm(x, norm1, attn, norm2, mlp)[:, -1]
-
-    for wrong, hint in [(post_norm, "post-norm block"), (parallel, "'parallel' block"),
-                        (normalised_stream, "normalised copy"),
-                        (no_ffn_residual, "feed-forward residual is missing"),
-                        (last_position_only, r"to the same shape \(B, T, C\)")]:
-        with pytest.raises(AssertionError, match=hint):
-            ch06.check_block_forward(wrong)
+def chapter05_order(x, attn, mlp, norm1, norm2):
+    x = x + attn(norm1(x))
+    return x + mlp(norm2(x))
 
 
-# ----------------------------------------------------------------------------- counting
+def chapter05_order_renamed(x, a, m, n1, n2):  # same mistake, other names
+    x = x + a(n1(x))
+    return x + m(n2(x))
 
 
-def count_params(c):
-    """The exercise's solution, by formula."""
-    V, P, C, L, F = c.vocab_size, c.context_length, c.d_model, c.n_layers, c.ffn_dim
-    attn = 4 * C * C + 4 * C
-    ffn = 2 * C * F + F + C
-    block = attn + ffn + 4 * C
-    head = 0 if c.tie_embeddings else V * C
-    return V * C + P * C + L * block + 2 * C + head
+def in_place(x, norm1, attn, norm2, mlp):
+    x += attn(norm1(x))
+    x += mlp(norm2(x))
+    return x
 
 
-def flops_per_token(c, T):
-    V, C, L, F = c.vocab_size, c.d_model, c.n_layers, c.ffn_dim
-    matmul_weights = L * (4 * C * C + 2 * C * F) + V * C
-    return 2 * matmul_weights + 4 * L * T * C
+W2 = [
+    Wrong("block_forward", "post", lambda x, n1, a, n2, m: (lambda p: n2(p + m(p)))(n1(x + a(x)))),
+    Wrong("block_forward", "parallel", lambda x, n1, a, n2, m: x + a(n1(x)) + m(n2(x))),
+    Wrong("block_forward", "norm1_twice", lambda x, n1, a, n2, m: (lambda h: h + m(n1(h)))(
+        x + a(n1(x)))),
+    Wrong("block_forward", "normed_stream", lambda x, n1, a, n2, m: (lambda xn: (
+        lambda y: y + m(n2(y)))(xn + a(xn)))(n1(x))),
+    Wrong("block_forward", "no_residual", lambda x, n1, a, n2, m: m(n2(x + a(n1(x))))),
+    Wrong("block_forward", "no_residual", lambda x, n1, a, n2, m: m(n2(a(n1(x))))),
+    Wrong("block_forward", "no_norms", lambda x, n1, a, n2, m: (lambda y: y + m(y))(x + a(x))),
+    Wrong("block_forward", "arg_order", chapter05_order),
+    Wrong("block_forward", "arg_order", chapter05_order_renamed),
+    Wrong("block_forward", "inplace", in_place),
+    Wrong("block_forward", "shape", lambda x, n1, a, n2, m: pre_norm(x, n1, a, n2, m)[:, -1]),
+]
+
+# ----------------------------------------------------------------- exercise 3: count_params
+
+
+def count_params(c, tok=True, pos=True, lin_bias=True, norm_bias=True, final=True, norms=True,
+                 blocks=0, proj=4, ffn=None, head=None):
+    V, P, C, L = c.vocab_size, c.context_length, c.d_model, c.n_layers
+    F = c.ffn_dim if ffn is None else ffn(c)
+    attn = proj * C * C + (proj * C if lin_bias else 0)
+    mlp = 2 * C * F + ((F + C) if lin_bias else 0)
+    ln = (2 if norm_bias else 1) * C if norms else 0
+    block = attn + mlp + 2 * ln
+    tied = c.tie_embeddings if head is None else head
+    return ((V * C if tok else 0) + (P * C if pos else 0) + (L + blocks) * block
+            + (ln if final else 0) + (0 if tied else V * C))
+
+
+def cp(**kw):
+    return lambda c: count_params(c, **kw)
+
+
+W3 = [
+    Wrong("count_params", "tied_twice", lambda c: count_params(c) + (c.vocab_size * c.d_model
+                                                                     if c.tie_embeddings else 0)),
+    Wrong("count_params", "untied", cp(head=True)),
+    Wrong("count_params", "no_tok", lambda c: count_params(c, tok=False)
+          if c.tie_embeddings else count_params(c) - c.vocab_size * c.d_model),
+    Wrong("count_params", "no_pos", cp(pos=False)),
+    Wrong("count_params", "no_linear_bias", cp(lin_bias=False)),
+    Wrong("count_params", "no_biases", cp(lin_bias=False, norm_bias=False)),
+    Wrong("count_params", "no_norm_bias", cp(norm_bias=False)),
+    Wrong("count_params", "no_final_norm", cp(final=False)),
+    Wrong("count_params", "no_norms", cp(norms=False)),
+    Wrong("count_params", "one_block", cp(blocks=-1)),
+    Wrong("count_params", "three_proj", cp(proj=3)),
+    Wrong("count_params", "ffn_width", cp(ffn=lambda c: 4 * c.d_model)),
+    Wrong("count_params", "type", lambda c: float(count_params(c))),
+]
+
+# ----------------------------------------------------------------- exercise 4: flops_per_token
+
+
+def flops_per_token(c, T, per_weight=2, attn=4, attn_total=False, proj=4, ffn=None, head=True,
+                    tok=False, pos=False):
+    V, P, C, L = c.vocab_size, c.context_length, c.d_model, c.n_layers
+    F = c.ffn_dim if ffn is None else ffn(c)
+    w = L * (proj * C * C + 2 * C * F) + (V * C if head else 0) + (V * C if tok else 0)
+    w += P * C if pos else 0
+    a = attn * L * T * C * (T if attn_total else 1)
+    return per_weight * w + a
+
+
+def fl(**kw):
+    return lambda c, T: flops_per_token(c, T, **kw)
+
+
+def two_n(c, T):
+    n = count_params(c)
+    return 2 * n + 4 * c.n_layers * T * c.d_model
+
+
+W4 = [
+    Wrong("flops_per_token", "two_flops", fl(per_weight=1)),
+    Wrong("flops_per_token", "no_attn", fl(attn=0)),
+    Wrong("flops_per_token", "half_attn", fl(attn=2)),
+    Wrong("flops_per_token", "attn_all_tokens", fl(attn_total=True)),
+    Wrong("flops_per_token", "no_o", fl(proj=3)),
+    Wrong("flops_per_token", "ffn_width", fl(ffn=lambda c: 4 * c.d_model)),
+    Wrong("flops_per_token", "no_head", fl(head=False)),
+    Wrong("flops_per_token", "tok_emb", fl(tok=True)),
+    Wrong("flops_per_token", "pos_emb", fl(pos=True)),
+    Wrong("flops_per_token", "rough", two_n),
+    Wrong("flops_per_token", "extras", lambda c, T: flops_per_token(c, T) + 2 * (
+        count_params(c) - count_params(c, lin_bias=False, norms=False))),
+    Wrong("flops_per_token", "type", lambda c, T: flops_per_token(c, T) / 1),
+]
+
+# ----------------------------------------------------------------- exercise 5: gpt2_block_weights
+
+
+def gpt2_block_weights(hf, transpose=True, order="qkv", ln=("ln_1", "ln_2"), split_dim=1,
+                       up="mlp.c_fc", down="mlp.c_proj"):
+    t = (lambda w: w.T) if transpose else (lambda w: w)
+    W = hf["attn.c_attn.weight"]
+    parts_w = W.chunk(3, dim=split_dim) if split_dim == 1 else [
+        p.T for p in W.T.reshape(W.shape[1], W.shape[0]).chunk(3, dim=0)]
+    parts_b = hf["attn.c_attn.bias"].chunk(3, dim=0)
+    out = {f"norm1.{p}": hf[f"{ln[0]}.{p}"] for p in ("weight", "bias")}
+    out |= {f"norm2.{p}": hf[f"{ln[1]}.{p}"] for p in ("weight", "bias")}
+    for name, k in zip("qkv", (order.index(c) for c in "qkv")):
+        out[f"attn.{name}_proj.weight"] = t(parts_w[k])
+        out[f"attn.{name}_proj.bias"] = parts_b[k]
+    out["attn.o_proj.weight"] = t(hf["attn.c_proj.weight"])
+    out["attn.o_proj.bias"] = hf["attn.c_proj.bias"]
+    out["mlp.up_proj.weight"] = t(hf[f"{up}.weight"])
+    out["mlp.up_proj.bias"] = hf[f"{up}.bias"]
+    out["mlp.down_proj.weight"] = t(hf[f"{down}.weight"])
+    out["mlp.down_proj.bias"] = hf[f"{down}.bias"]
+    return out
+
+
+def edited(**changes):
+    def f(hf):
+        out = gpt2_block_weights(hf)
+        for k, fn in changes.items():
+            if fn is None:
+                del out[k.replace("__", ".")]
+            else:
+                out[k.replace("__", ".")] = fn(hf)
+        return out
+    return f
+
+
+def pops(hf):
+    w = hf.pop("attn.c_attn.weight")  # "moves" the tensor out of the caller's dict
+    hf["attn.c_attn.weight"] = w
+    out = gpt2_block_weights(hf)
+    hf["attn.c_attn.weight"].mul_(1.0).add_(0.0)
+    hf["mlp.c_fc.bias"].zero_()
+    return out | {"mlp.up_proj.bias": out["mlp.up_proj.bias"]}
+
+
+W5 = [
+    Wrong("gpt2_block_weights", "unsplit", edited(attn__q_proj__weight=lambda hf: hf[
+        "attn.c_attn.weight"].T)),
+    Wrong("gpt2_block_weights", "unsplit", edited(attn__q_proj__bias=lambda hf: hf[
+        "attn.c_attn.bias"])),
+    Wrong("gpt2_block_weights", "transpose", lambda hf: gpt2_block_weights(hf, transpose=False)),
+    Wrong("gpt2_block_weights", "transpose", edited(mlp__up_proj__weight=lambda hf: hf[
+        "mlp.c_fc.weight"])),
+    Wrong("gpt2_block_weights", "transpose", edited(attn__o_proj__weight=lambda hf: hf[
+        "attn.c_proj.weight"])),
+    Wrong("gpt2_block_weights", "split_dim", edited(attn__q_proj__weight=lambda hf: hf[
+        "attn.c_attn.weight"].chunk(3, dim=0)[0])),
+    Wrong("gpt2_block_weights", "qkv_order", lambda hf: gpt2_block_weights(hf, order="kqv")),
+    Wrong("gpt2_block_weights", "ln_swap", lambda hf: gpt2_block_weights(hf, ln=("ln_2", "ln_1"))),
+    Wrong("gpt2_block_weights", "source", edited(mlp__down_proj__bias=lambda hf: hf[
+        "attn.c_proj.bias"])),
+    Wrong("gpt2_block_weights", "missing", edited(mlp__down_proj__bias=None)),
+    Wrong("gpt2_block_weights", "missing", lambda hf: {k.replace("attn.", "attention."): v
+                                                       for k, v in gpt2_block_weights(hf).items()}),
+    Wrong("gpt2_block_weights", "type", lambda hf: list(gpt2_block_weights(hf).values())),
+    Wrong("gpt2_block_weights", "inplace", pops),
+]
+
+CATALOGUE = W1 + W2 + W3 + W4 + W5
+SOLUTIONS = {"lm_head_probs": lm_head_probs, "block_forward": pre_norm,
+             "count_params": count_params, "flops_per_token": flops_per_token,
+             "gpt2_block_weights": gpt2_block_weights}
+
+
+@pytest.mark.parametrize("exercise", sorted(SOLUTIONS))
+def test_solution_passes_and_stub_raises(exercise, capsys):
+    assert_passes(ch06, exercise, SOLUTIONS[exercise], capsys)
+    assert_stub_raises(ch06, exercise)
+
+
+@pytest.mark.parametrize("wrong", CATALOGUE, ids=lambda w: w.id)
+def test_wrong_answer_gets_its_hint(wrong):
+    assert_rejected(ch06, wrong)
+
+
+def test_catalogue_complete():
+    assert_complete(ch06, CATALOGUE, SOLUTIONS)
 
 
 @pytest.mark.parametrize("config", ch06._GPT2_CASES, ids=lambda c: f"C{c.d_model}L{c.n_layers}")
@@ -106,132 +254,6 @@ def test_checker_reference_counts_are_lmkits(config):
         assert 2 * n_linear + 4 * config.n_layers * T * config.d_model == model.flops_per_token(T)
 
 
-def test_count_params(capsys):
-    ch06.check_count_params(count_params)
-    ch06.check_count_params(lambda c: TransformerLM(c).num_parameters() if c.d_model < 200
-                            else count_params(c))
-    assert capsys.readouterr().out.count("✓ count_params") == 2
-    C = lambda c: c.d_model  # noqa: E731
-    mistakes = [
-        (lambda c: count_params(c) + c.vocab_size * C(c) * c.tie_embeddings, "count it once"),
-        (lambda c: count_params(c) - c.context_length * C(c), "position embeddings"),
-        (lambda c: count_params(c) - c.n_layers * (5 * C(c) + c.ffn_dim),
-         "biases of the Linear layers are missing"),
-        (lambda c: count_params(c) - 2 * C(c), "final LayerNorm"),
-        (lambda c: count_params(c) - (0 if c.tie_embeddings else c.vocab_size * C(c)),
-         "tie_embeddings=False the LM head has its own"),
-        (lambda c: count_params(type(c).gpt2(**{**c.to_dict(), "d_ff": None})),
-         "config.ffn_dim"),
-        (lambda c: count_params(c) - c.n_layers * (C(c) ** 2 + C(c)),
-         "four projections per block"),
-        (lambda c: float(count_params(c)), "should return an int"),
-    ]
-    for wrong, hint in mistakes:
-        with pytest.raises(AssertionError, match=hint):
-            ch06.check_count_params(wrong)
-
-
-def test_flops_per_token(capsys):
-    ch06.check_flops_per_token(flops_per_token)
-    assert "✓ flops_per_token" in capsys.readouterr().out
-    mistakes = [
-        (lambda c, T: flops_per_token(c, T) - 4 * c.n_layers * T * c.d_model,
-         "attention term is missing"),
-        (lambda c, T: flops_per_token(c, T) // 2, "multiply-add is 2 FLOPs"),
-        (lambda c, T: flops_per_token(c, T) - 2 * c.vocab_size * c.d_model,
-         "LM head is missing"),
-        (lambda c, T: flops_per_token(c, T) + 2 * c.vocab_size * c.d_model,
-         "token embedding is a lookup"),
-        (lambda c, T: 2 * count_params(c) + 4 * c.n_layers * T * c.d_model,
-         "2 × num_parameters is the usual rough estimate"),
-        (lambda c, T: flops_per_token(c, T) - 2 * c.n_layers * T * c.d_model,
-         "only one of the two attention products"),
-        (lambda c, T: flops_per_token(c, T) + 4 * c.n_layers * T * c.d_model * (T - 1),
-         "per token it is"),
-        (lambda c, T: flops_per_token(c, T) - 2 * c.n_layers * c.d_model**2,
-         "output projection"),
-        (lambda c, T: flops_per_token(type(c).gpt2(**{**c.to_dict(), "d_ff": None}), T),
-         "config.ffn_dim"),
-    ]
-    for wrong, hint in mistakes:
-        with pytest.raises(AssertionError, match=hint):
-            ch06.check_flops_per_token(wrong)
-
-
-# ----------------------------------------------------------------------------- GPT-2 weights
-
-
-def gpt2_block_weights(hf, transpose=True, order="qkv", ln=("ln_1", "ln_2")):
-    t = (lambda w: w.T) if transpose else (lambda w: w)
-    parts_w = hf["attn.c_attn.weight"].chunk(3, dim=1)
-    parts_b = hf["attn.c_attn.bias"].chunk(3, dim=0)
-    out = {f"norm1.{p}": hf[f"{ln[0]}.{p}"] for p in ("weight", "bias")}
-    out |= {f"norm2.{p}": hf[f"{ln[1]}.{p}"] for p in ("weight", "bias")}
-    for name, k in zip("qkv", (order.index(c) for c in "qkv")):
-        out[f"attn.{name}_proj.weight"] = t(parts_w[k])
-        out[f"attn.{name}_proj.bias"] = parts_b[k]
-    out["attn.o_proj.weight"] = t(hf["attn.c_proj.weight"])
-    out["attn.o_proj.bias"] = hf["attn.c_proj.bias"]
-    out["mlp.up_proj.weight"] = t(hf["mlp.c_fc.weight"])
-    out["mlp.up_proj.bias"] = hf["mlp.c_fc.bias"]
-    out["mlp.down_proj.weight"] = t(hf["mlp.c_proj.weight"])
-    out["mlp.down_proj.bias"] = hf["mlp.c_proj.bias"]
-    return out
-
-
-def test_gpt2_block_weights(capsys):
-    ch06.check_gpt2_block_weights(gpt2_block_weights)
-    assert "✓ gpt2_block_weights" in capsys.readouterr().out
-
-    def unsplit(hf):
-        out = gpt2_block_weights(hf)
-        out["attn.q_proj.weight"] = hf["attn.c_attn.weight"].T
-        return out
-
-    def o_proj_not_transposed(hf):
-        out = gpt2_block_weights(hf)
-        out["attn.o_proj.weight"] = hf["attn.c_proj.weight"]
-        return out
-
-    def split_not_transposed(hf):
-        out = gpt2_block_weights(hf)
-        for name, w in zip("qkv", hf["attn.c_attn.weight"].chunk(3, dim=1)):
-            out[f"attn.{name}_proj.weight"] = w
-        return out
-
-    def up_not_transposed(hf):
-        out = gpt2_block_weights(hf)
-        out["mlp.up_proj.weight"] = hf["mlp.c_fc.weight"]
-        return out
-
-    def bias_not_split(hf):
-        out = gpt2_block_weights(hf)
-        out["attn.q_proj.bias"] = hf["attn.c_attn.bias"]
-        return out
-
-    def missing_key(hf):
-        out = gpt2_block_weights(hf)
-        del out["mlp.down_proj.bias"]
-        return out
-
-    mistakes = [
-        (lambda hf: gpt2_block_weights(hf, transpose=False),
-         r"attn.q_proj.weight holds the right numbers but transposed"),
-        (up_not_transposed,
-         r"mlp.up_proj.weight has shape \(64, 256\) but nn.Linear wants \(out, in\).*transpose"),
-        (split_not_transposed, r"attn.q_proj.weight holds the right numbers but transposed"),
-        (o_proj_not_transposed, r"attn.o_proj.weight holds the right numbers but transposed"),
-        (lambda hf: gpt2_block_weights(hf, order="kqv"), r"\[q \| k \| v\] in that order"),
-        (lambda hf: gpt2_block_weights(hf, ln=("ln_2", "ln_1")), "norm1 is ln_1"),
-        (unsplit, "split it into three equal parts"),
-        (bias_not_split, r"attn.q_proj.bias .*split it into three"),
-        (missing_key, "no 'mlp.down_proj.bias'"),
-    ]
-    for wrong, hint in mistakes:
-        with pytest.raises(AssertionError, match=hint):
-            ch06.check_gpt2_block_weights(wrong)
-
-
 def test_checkers_leave_the_global_rng_alone():
     torch.manual_seed(123)
     expected = torch.rand(3)
@@ -239,3 +261,16 @@ def test_checkers_leave_the_global_rng_alone():
     ch06.check_block_forward(pre_norm)
     ch06.check_gpt2_block_weights(gpt2_block_weights)
     torch.testing.assert_close(torch.rand(3), expected)
+
+
+def builds_on_meta(c):
+    with torch.device("meta"):
+        return TransformerLM(c).num_parameters()
+
+
+REVIEW = [Wrong("count_params", "build", builds_on_meta)]
+CATALOGUE += REVIEW
+
+
+def test_count_params_refuses_building():
+    assert_rejected(ch06, REVIEW[0])

@@ -237,3 +237,86 @@ def test_every_command_line_example_says_which_python_runs_it():
             line = text[text.rfind("\n", 0, pos) + 1 : text.find("\n", pos)]
             if "prog=" not in line:  # argparse's usage line names the module only
                 assert before.endswith(".venv/bin/") or "activate" in line, (name, line)
+
+
+def test_a_corpus_that_is_not_utf8_is_a_clear_error(tmp_path, capsys):
+    bad = tmp_path / "latin1.txt"
+    bad.write_bytes("ROMEO: café\n".encode("latin-1") * 200)
+    message = error(["train", "--corpus", bad, "--out", tmp_path / "run"], capsys)
+    assert "--corpus" in message and str(bad) in message and "UTF-8" in message
+
+
+def test_the_char_tokenizer_file_is_written_atomically(tmp_path, corpus, capsys, monkeypatch):
+    import lmkit.io
+
+    out = tmp_path / "run"
+    argv = ["train", "--corpus", corpus, "--steps", 1, "--batch-size", 2, "--out", out,
+            "--no-progress"]
+    run(argv, capsys)
+    before = (out / "chars.json").read_bytes()
+    other = tmp_path / "other.txt"
+    other.write_text("xyz QRS, tuv!\n" * 400)
+
+    def interrupted(src, dst):
+        if str(dst).endswith("chars.json"):
+            raise KeyboardInterrupt  # the save stops just before the new file replaces the old
+        return real(src, dst)
+
+    real = lmkit.io.os.replace
+    monkeypatch.setattr(lmkit.io.os, "replace", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        main([str(a) for a in ["train", "--corpus", other, "--steps", 1, "--batch-size", 2,
+                               "--out", out, "--no-progress", "--overwrite"]])
+    assert (out / "chars.json").read_bytes() == before  # the old file, whole
+    assert not list(out.glob(".chars.json*"))  # no temporary file left behind
+
+
+def test_a_broken_chars_file_is_a_clear_error(char_model, tmp_path, capsys):
+    import shutil
+
+    copy = tmp_path / "copy"
+    shutil.copytree(char_model, copy)
+    (copy / "chars.json").write_text("[not json")
+    message = error(["generate", "--model", copy], capsys)
+    assert "chars.json is not valid JSON" in message
+
+
+def test_an_interrupted_train_never_pairs_new_weights_with_the_old_tokenizer(
+    tmp_path, corpus, capsys, monkeypatch
+):
+    out = tmp_path / "run"
+    argv = ["train", "--corpus", corpus, "--steps", 1, "--batch-size", 2, "--out", out,
+            "--no-progress"]
+    run(argv, capsys)
+    before = {p.name: p.read_bytes() for p in out.iterdir()}
+    real = cli._save_tokenizer
+
+    def dies_after_writing_the_tokenizer(tok, folder):
+        real(tok, folder)
+        raise KeyboardInterrupt  # the process stops before the new checkpoint is in place
+
+    monkeypatch.setattr(cli, "_save_tokenizer", dies_after_writing_the_tokenizer)
+    with pytest.raises(KeyboardInterrupt):
+        main([str(a) for a in [*argv, "--overwrite", "--tokenizer", "bpe", "--vocab-size",
+                               260, "--seed", 1]])
+    assert {p.name: p.read_bytes() for p in out.iterdir()} == before  # old weights, old chars
+    monkeypatch.undo()
+    run([*argv, "--overwrite", "--tokenizer", "bpe", "--vocab-size", 260, "--seed", 1], capsys)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["corpus.txt", "run"]
+    assert load_tokenizer(out).vocab_size == load_model(out, device="cpu").config.vocab_size
+
+
+def test_train_refuses_the_working_directory_or_a_folder_of_other_files(
+    tmp_path, corpus, capsys, monkeypatch
+):
+    monkeypatch.chdir(tmp_path)
+    argv = ["train", "--corpus", corpus, "--steps", 1, "--batch-size", 2, "--no-progress"]
+    message = error([*argv, "--out", "."], capsys)
+    assert "working directory" in message and "dedicated to the checkpoint" in message
+    message = error([*argv, "--out", tmp_path], capsys)
+    assert "working directory" in message
+    (tmp_path / "mine").mkdir()
+    (tmp_path / "mine" / "notes.txt").write_text("keep me")
+    message = error([*argv, "--out", tmp_path / "mine"], capsys)
+    assert "holds other files (notes.txt)" in message
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["corpus.txt", "mine"]

@@ -53,3 +53,20 @@ def test_the_config_on_disk_is_what_the_script_trains(record):
         train_course_model.MODEL
     assert tok.vocab_size == model.config.vocab_size == train_course_model.VOCAB_SIZE
     assert tok.decode(tok.encode("ROMEO:\nO, she doth teach")) == "ROMEO:\nO, she doth teach"
+
+
+def test_samples_are_mostly_real_words(record):
+    """Chapter 07's text-quality figure: >= 90% of the words in five seeded samples of 120
+    tokens at temperature 0.8 occur in the corpus, as recorded in training.json."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        model, tok = load_course_model()
+        share, words = train_course_model.real_word_share(model, tok)
+    finally:
+        torch.set_num_threads(n)
+    recorded = record["real_word_share"]
+    assert share >= 0.90, f"only {share:.1%} of {words} sampled words occur in the corpus"
+    # sampling is discrete: another CPU's rounding may flip a draw, so allow a little
+    assert share == pytest.approx(recorded["share"], abs=0.02)
+    assert recorded["samples"] == 5 and recorded["tokens_each"] == 120

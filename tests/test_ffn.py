@@ -28,11 +28,29 @@ def test_get_activation_lists_the_choices():
         FeedForward(8, 32, activation="Gelu")
 
 
+# Independent references: PyTorch's functions and the textbook formulas, not lmkit's table.
+TORCH_ACTIVATIONS = {
+    "gelu": F.gelu,
+    "gelu_tanh": lambda x: F.gelu(x, approximate="tanh"),
+    "relu": F.relu,
+    "silu": F.silu,
+}
+FORMULAS = {
+    "gelu": lambda x: x * torch.distributions.Normal(0.0, 1.0).cdf(x),
+    "gelu_tanh": lambda x: 0.5 * x * (1 + torch.tanh((2 / torch.pi) ** 0.5
+                                                     * (x + 0.044715 * x**3))),
+    "relu": lambda x: torch.where(x > 0, x, torch.zeros_like(x)),
+    "silu": lambda x: x / (1 + torch.exp(-x)),
+}
+
+
+@pytest.mark.parametrize("fast", [True, False])
 @pytest.mark.parametrize("activation", ["gelu", "gelu_tanh", "relu", "silu"])
-def test_feed_forward_is_down_act_up(activation):
-    ffn = FeedForward(8, 32, activation=activation)
+def test_feed_forward_is_down_act_up(activation, fast):
+    ffn = FeedForward(8, 32, activation=activation, fast=fast)
     x = torch.randn(2, 3, 8)
-    expected = ffn.down_proj(ACTIVATIONS[activation](x @ ffn.up_proj.weight.T + ffn.up_proj.bias))
+    hidden = x @ ffn.up_proj.weight.T + ffn.up_proj.bias  # (B, T, d_ff)
+    expected = TORCH_ACTIVATIONS[activation](hidden) @ ffn.down_proj.weight.T + ffn.down_proj.bias
     torch.testing.assert_close(ffn(x), expected)
     assert {n for n, _ in ffn.named_parameters()} == {
         "up_proj.weight", "up_proj.bias", "down_proj.weight", "down_proj.bias"
@@ -52,7 +70,16 @@ def test_swiglu_shape_and_formula():
     }
 
 
-@pytest.mark.parametrize("name", ["relu", "gelu", "gelu_tanh", "silu", "swiglu"])
-def test_fused_activations_equal_the_written_out_ones(name):
-    x = torch.linspace(-6, 6, 1001)
-    torch.testing.assert_close(get_activation(name)(x), get_activation(name, fast=False)(x))
+@pytest.mark.parametrize("fast", [True, False])
+@pytest.mark.parametrize("name", ["relu", "gelu", "gelu_tanh", "silu"])
+def test_both_kernel_paths_match_torch_and_the_formula(name, fast):
+    x = torch.linspace(-6, 6, 1001, dtype=torch.float64)
+    got = get_activation(name, fast=fast)(x)
+    torch.testing.assert_close(got, TORCH_ACTIVATIONS[name](x))
+    torch.testing.assert_close(got, FORMULAS[name](x))
+
+
+@pytest.mark.parametrize("fast", [True, False])
+def test_swiglu_gate_is_silu_on_both_paths(fast):
+    x = torch.linspace(-6, 6, 1001, dtype=torch.float64)
+    torch.testing.assert_close(get_activation("swiglu", fast=fast)(x), FORMULAS["silu"](x))

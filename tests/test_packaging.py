@@ -76,3 +76,31 @@ def test_the_installed_copy_loads_the_course_model_without_the_repository(instal
     assert Path(got["lmkit"]).is_relative_to(target), got
     assert Path(got["model"]) == target / "lmkit" / "models" / "shakespeare"
     assert got["text"].startswith("ROMEO:") and got["ctx"] == 128
+
+
+# The oldest version of each dependency lmkit works with, and why (see pyproject.toml).
+FLOORS = {
+    "torch": ("2.4", "torch.nn.functional.rms_norm (lmkit.norm.RMSNorm, fast=True)"),
+    "safetensors": ("0.4", "checked: checkpoints with metadata written and read with 0.4.0"),
+    "tqdm": ("4.66", "checked: progress bars with 4.66.0"),
+    "regex": ("2023.6", "checked: BPE training and encoding with 2023.6.3"),
+}
+
+
+def test_dependency_floors_are_the_versions_lmkit_needs():
+    import tomllib
+
+    import torch
+    from packaging.requirements import Requirement
+    from packaging.version import Version
+
+    deps = tomllib.loads((ROOT / "pyproject.toml").read_text("utf-8"))["project"]["dependencies"]
+    floors = {}
+    for dep in deps:
+        req = Requirement(dep)
+        lows = [Version(s.version) for s in req.specifier if s.operator == ">="]
+        assert lows, f"{dep}: give a floor (>=)"
+        floors[req.name] = lows[0]
+    for name, (version, why) in FLOORS.items():
+        assert floors[name] == Version(version), f"{name} needs >={version}: {why}"
+    assert hasattr(torch.nn.functional, "rms_norm")  # the reason for torch's floor is real

@@ -135,6 +135,27 @@ def test_unsupported_folders_and_names(tmp_path, monkeypatch):
         load_hf("someone/some-model", allow_download=True)
 
 
+@pytest.mark.parametrize(("content", "message"), [
+    ("{not json", r"config.json is not valid JSON \(Expecting property name"),
+    ("[]", r"config.json should hold a JSON object \(model_type, vocab_size, ...\), not a list"),
+    ('{"model_type": "gpt2"}', r"config.json has no 'vocab_size', which a model_type 'gpt2' "),
+    ('{"model_type": "bert"}', r"config.json: model_type 'bert' is not supported"),
+])
+def test_a_broken_config_json_is_named_with_its_problem(tmp_path, content, message):
+    GPT2LMHeadModel(gpt2_config(32, 1, 2)).save_pretrained(tmp_path)
+    (tmp_path / "config.json").write_text(content)
+    with pytest.raises(ValueError, match=message) as e:
+        load_hf(tmp_path)
+    assert str(tmp_path / "config.json") in str(e.value)
+
+
+def test_a_file_instead_of_a_folder_says_not_a_folder(tmp_path):
+    GPT2LMHeadModel(gpt2_config(32, 1, 2)).save_pretrained(tmp_path)
+    with pytest.raises(NotADirectoryError, match=r"model.safetensors' is a file, not a folder.*"
+                                                 r"holds config.json"):
+        load_hf(tmp_path / "model.safetensors")
+
+
 def test_a_path_typo_never_tries_the_hub(tmp_path, monkeypatch):
     import huggingface_hub
 

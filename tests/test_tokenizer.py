@@ -5,7 +5,7 @@ import random
 
 import pytest
 import tiktoken
-from hypothesis import given
+from hypothesis import given, settings
 from hypothesis import strategies as st
 from transformers import GPT2TokenizerFast
 
@@ -230,6 +230,15 @@ def test_load_missing_folder_is_a_clear_error(tmp_path):
         BPETokenizer.load(tmp_path / "nope")
 
 
+def test_load_refuses_a_single_string_as_special_tokens(special_tok, tmp_path):
+    special_tok.save(tmp_path)
+    with pytest.raises(TypeError, match=r"list of strings, got the str '<\|endoftext\|>'.*"
+                                        r"special_tokens=\['<\|endoftext\|>'\]"):
+        BPETokenizer.load(tmp_path, special_tokens=SPECIAL)
+    loaded = BPETokenizer.load(tmp_path, special_tokens=SPECIALS)  # a list is what it takes
+    assert loaded.special_tokens == special_tok.special_tokens
+
+
 # ----------------------------------------------------------------------------- special tokens in training
 
 SPECIALS = [SPECIAL, "<|end|>", "<|end|>!"]  # the third starts with the second
@@ -290,6 +299,16 @@ def test_encode_iterable_equals_encode_for_any_chunking(special_tok, words, cuts
     assert list(special_tok.encode_iterable(chunks)) == special_tok.encode(text)
 
 
+@settings(max_examples=300)
+@given(st.lists(st.one_of(st.text(max_size=12), st.sampled_from(SPECIALS)), max_size=12),
+       st.lists(st.integers(0, 200), max_size=10))
+def test_encode_iterable_equals_encode_on_any_unicode(special_tok, parts, cuts):
+    text = "".join(parts)
+    cuts = sorted(min(c, len(text)) for c in cuts)
+    chunks = [text[a:b] for a, b in zip([0, *cuts], [*cuts, len(text)])]
+    assert list(special_tok.encode_iterable(chunks)) == special_tok.encode(text)
+
+
 def test_encode_iterable_on_a_file_character_by_character(special_tok, corpus, tmp_path):
     text = documents_with_specials(corpus, n=6)
     (tmp_path / "t.txt").write_text(text, encoding="utf-8")
@@ -312,7 +331,24 @@ def test_encode_iterable_is_lazy_and_holds_little_text(tok):
     assert len(held) < 20  # only a few lines were read to produce 50 ids
     assert first == tok.encode("".join(f"line {i}: to be, or not to be\n" for i in range(20)))[:50]
     frame = stream.gi_frame.f_locals
-    assert len(frame["buffer"]) < 200
+    assert len(frame["buffer"]) + sum(map(len, frame["pending"])) < 200
+
+
+@pytest.mark.parametrize("long_piece", ["a" * 6000, " " * 6000, "é" * 6000])
+def test_encode_iterable_scans_a_long_piece_in_linear_time(tok, monkeypatch, long_piece):
+    """A piece that keeps growing (one long word, a run of spaces) fed one character at a time:
+    the text is not rescanned from its start for every chunk (that was quadratic)."""
+    text = "to be, " + long_piece + " or not to be\n" * 50
+    scanned = []
+    real = type(tok)._encode_finished
+
+    def counting(self, buffer, hold):
+        scanned.append(len(buffer))
+        return real(self, buffer, hold)
+
+    monkeypatch.setattr(type(tok), "_encode_finished", counting)
+    assert list(tok.encode_iterable(iter(text))) == tok.encode(text)
+    assert sum(scanned) <= 3 * len(text)  # linear: each character scanned a few times at most
 
 
 def test_encode_iterable_rejects_bytes(tok):

