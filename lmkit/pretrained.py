@@ -205,10 +205,7 @@ def config_from_hf(hf: dict) -> ModelConfig:
     kind = hf.get("model_type")
     if kind not in LAYOUTS:
         raise ValueError(f"model_type {kind!r} is not supported; lmkit loads {sorted(LAYOUTS)}")
-    try:
-        return LAYOUTS[kind][0](hf)
-    except KeyError as e:
-        raise ValueError(f"config.json of a {kind!r} model has no {e.args[0]!r} entry") from None
+    return LAYOUTS[kind][0](hf)
 
 
 def load_hf(
