@@ -274,14 +274,19 @@ class MultiHeadAttention(nn.Module):
         return (y, weights) if return_weights else y
 
     def _project_qkv(self, x: Tensor) -> tuple[Tensor, Tensor, Tensor]:
-        """q, k, v = q_proj(x), k_proj(x), v_proj(x); with `fast`, as one matrix product.
+        """q, k, v = q_proj(x), k_proj(x), v_proj(x); when training with `fast`, as one product.
 
-        The fast path multiplies by the three weights stacked (as GPT-2's c_attn does): one
-        large product instead of three, which is faster, also backwards. The projections' own
-        forward hooks would not run then, so a hooked projection takes the three calls.
+        Training on the fast path multiplies by the three weights stacked (as GPT-2's c_attn
+        does): one large product instead of three, faster forwards and backwards. Without
+        gradients (decoding, evaluation) stacking the weights on every call would cost more
+        memory traffic than it saves, so the three projections run as they are; so do
+        projections that are not plain `nn.Linear`s (a LoRA layer, a quantised Linear) or that
+        carry hooks, whose own forward must run.
         """
         projs = (self.q_proj, self.k_proj, self.v_proj)
-        if not self.fast or any(m._forward_hooks or m._forward_pre_hooks for m in projs):
+        if (not self.fast or not torch.is_grad_enabled()
+                or any(type(m) is not nn.Linear or m._forward_hooks or m._forward_pre_hooks
+                       for m in projs)):
             return self.q_proj(x), self.k_proj(x), self.v_proj(x)
         w = torch.cat([m.weight for m in projs])  # (C + 2 kv_dim, C)
         b = None if self.q_proj.bias is None else torch.cat([m.bias for m in projs])

@@ -33,6 +33,35 @@ def test_projection_hooks_still_run_on_the_fast_path():
     assert seen == [(1, 3, 16)]
 
 
+def test_a_replaced_projection_module_runs_its_own_forward_on_the_fast_path():
+    class Shifted(torch.nn.Linear):  # a LoRA-like subclass whose forward differs from F.linear
+        def forward(self, x):
+            return super().forward(x) + 100.0
+
+    torch.manual_seed(0)
+    fast = MultiHeadAttention(16, 2)
+    slow = MultiHeadAttention(16, 2, fast=False)
+    slow.load_state_dict(fast.state_dict())
+    for m in (fast, slow):
+        shifted = Shifted(16, 16)
+        shifted.load_state_dict(m.v_proj.state_dict())
+        m.v_proj = shifted
+    x = torch.randn(1, 4, 16)
+    torch.testing.assert_close(fast(x), slow(x), atol=1e-4, rtol=1e-4)
+
+
+def test_decoding_without_gradients_does_not_stack_the_weights(monkeypatch):
+    calls = []
+    real = torch.cat
+    monkeypatch.setattr(torch, "cat", lambda *a, **k: calls.append(1) or real(*a, **k))
+    m = MultiHeadAttention(16, 2)
+    with torch.no_grad():
+        m(torch.randn(1, 3, 16))
+    assert calls == []
+    m(torch.randn(1, 3, 16))  # training: one stacked product
+    assert len(calls) == 2  # the weights and the biases
+
+
 def test_the_fast_causal_path_builds_no_mask(monkeypatch):
     calls = []
     real = A.causal_mask
