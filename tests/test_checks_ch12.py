@@ -116,7 +116,7 @@ ACCUM_MISTAKES = [
     (dict(dim=1), "split along the sequence"),
     (dict(ret="sum"), "sum of the micro-batch losses"),
     (dict(ret="last"), "only the last micro-batch's loss"),
-    (dict(in_place=True), "changed x or y in place"),
+    (dict(in_place=True), "changed one of its input tensors in place, `x`"),
 ]
 
 
