@@ -64,6 +64,11 @@ def test_site_has_every_page_linked_and_nothing_external(site):
         assert offline_html.broken_local_links(page) == [], page.name
 
 
+def test_site_pages_leave_out_speaker_notes(site):
+    _, *pages = site
+    assert not any("Speaker notes." in page.read_text() for page in pages)
+
+
 def links(text: str, rel: str) -> set[str]:
     tags = re.findall(r"<a\b[^>]*>", text)
     return {m.group(1) for tag in tags if f'rel="{rel}"' in tag
