@@ -16,29 +16,16 @@ from __future__ import annotations
 
 import argparse
 import copy
-import time
 from types import SimpleNamespace
 
 import torch
 import torch.nn.functional as F
+from decode_throughput import race  # the same interleaved best-of-N timing (benchmarks/)
 
 from lmkit.generation import generate
 from lmkit.inspect import hook_names, run_with_cache
 from lmkit.model import ModelConfig, TransformerLM
 from lmkit.train import COURSE_MODEL, load_course_model
-
-
-def race(fns: dict, repeats: int) -> dict[str, float]:
-    """Best time of each function over `repeats` rounds, the functions taking turns."""
-    for fn in fns.values():
-        fn()  # warm-up
-    best = dict.fromkeys(fns, float("inf"))
-    for _ in range(repeats):
-        for name, fn in fns.items():
-            start = time.perf_counter()
-            fn()
-            best[name] = min(best[name], time.perf_counter() - start)
-    return best
 
 
 def without_hook_points(model: TransformerLM) -> TransformerLM:
