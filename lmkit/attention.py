@@ -55,13 +55,15 @@ def scaled_dot_product_attention(
     """
     *_, Tq, D = q.shape
     Tk = k.shape[-2]
-    scores = q @ k.transpose(-2, -1) / math.sqrt(D)  # (B, H, Tq, Tk)
+    scores = (q / math.sqrt(D)) @ k.transpose(-2, -1)  # (B, H, Tq, Tk); scaling q is cheaper
     if mask is not None:
         _check_mask(mask, (*scores.shape[:-2], Tq, Tk))
         scores = scores.masked_fill(~mask, float("-inf"))
     weights = torch.softmax(scores, dim=-1)  # (B, H, Tq, Tk), each row sums to 1
     if mask is not None:
-        weights = weights.masked_fill(~mask.any(dim=-1, keepdim=True), 0.0)  # rows of NaN -> 0
+        no_key = ~mask.any(dim=-1, keepdim=True)  # queries that may attend to nothing
+        if no_key.any():
+            weights = weights.masked_fill(no_key, 0.0)  # their rows of NaN -> 0
     if dropout_p > 0.0:
         weights = F.dropout(weights, p=dropout_p)
     out = weights @ v  # (B, H, Tq, D)
