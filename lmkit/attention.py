@@ -262,7 +262,9 @@ class MultiHeadAttention(nn.Module):
                 is_causal=fused_causal,
             )
             if given_mask:  # zeros for a query with no key, on every backend, as written out
-                y = y.masked_fill(~mask.any(dim=-1, keepdim=True), 0.0)
+                no_key = ~mask.any(dim=-1, keepdim=True)  # (B or 1, H or 1, T or 1, 1)
+                if no_key.any():  # e.g. left padding; right padding leaves every query a key
+                    y = y.masked_fill(no_key, 0.0)
         else:
             y, weights = scaled_dot_product_attention(
                 q, k, v, mask, return_weights=True, dropout_p=dropout_p
