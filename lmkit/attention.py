@@ -97,28 +97,50 @@ class KVCache:
 
     `update` appends the new step's keys and values and returns all of them; `length` is the
     number of cached positions, so the next token's position (for RoPE and learned positions).
+    `k` and `v` are the cached tensors (B, H_kv, length, D). Appending with `torch.cat` would
+    copy the whole cache at every step; instead they are views into buffers with room for
+    `CHUNK` more positions, which grow (one copy) only when full.
     """
 
+    CHUNK = 256  # positions of spare room added when the buffers are full
+
     def __init__(self):
-        self.k: Tensor | None = None  # (B, H_kv, T_past, D)
-        self.v: Tensor | None = None  # (B, H_kv, T_past, D)
+        self.k: Tensor | None = None  # (B, H_kv, T_past, D), a view into _k_buf
+        self.v: Tensor | None = None  # (B, H_kv, T_past, D), a view into _v_buf
+        self._k_buf: Tensor | None = None  # (B, H_kv, capacity, D)
+        self._v_buf: Tensor | None = None
 
     @property
     def length(self) -> int:
         return 0 if self.k is None else self.k.shape[-2]
 
     def update(self, k: Tensor, v: Tensor) -> tuple[Tensor, Tensor]:
-        if self.k is None:
-            self.k, self.v = k, v
-        else:
-            self.k = torch.cat((self.k, k), dim=-2)  # (B, H_kv, T_past + T, D)
-            self.v = torch.cat((self.v, v), dim=-2)
+        past, T = self.length, k.shape[-2]
+        if k.requires_grad or v.requires_grad:  # autograd must see every step: no in-place
+            self.k = k if self.k is None else torch.cat((self.k, k), dim=-2)
+            self.v = v if self.v is None else torch.cat((self.v, v), dim=-2)
+            self._k_buf = self._v_buf = None
+            return self.k, self.v
+        buf = self._k_buf
+        if (buf is None or buf.shape[-2] < past + T or buf.shape[:2] != k.shape[:2]
+                or buf.dtype != k.dtype or buf.device != k.device):
+            capacity = -(-(past + T) // self.CHUNK) * self.CHUNK  # rounded up to a chunk
+            self._k_buf = k.new_empty(*k.shape[:-2], capacity, k.shape[-1])
+            self._v_buf = v.new_empty(*v.shape[:-2], capacity, v.shape[-1])
+            if past:  # the one copy per CHUNK positions
+                self._k_buf[..., :past, :] = self.k
+                self._v_buf[..., :past, :] = self.v
+        self._k_buf[..., past : past + T, :] = k  # written in place
+        self._v_buf[..., past : past + T, :] = v
+        self.k = self._k_buf[..., : past + T, :]  # (B, H_kv, T_past + T, D)
+        self.v = self._v_buf[..., : past + T, :]
         return self.k, self.v
 
     def reorder(self, index: Tensor) -> None:
         """Keep batch rows `index` (LongTensor), e.g. the surviving beams of beam search."""
         if self.k is not None:
             self.k, self.v = self.k[index], self.v[index]
+            self._k_buf = self._v_buf = None  # the next update copies into new buffers
 
     def __repr__(self) -> str:
         shape = None if self.k is None else tuple(self.k.shape)
@@ -237,6 +259,18 @@ class MultiHeadAttention(nn.Module):
         if cache is not None:
             k, v = cache.update(k, v)  # (B, H_kv, Tk, D) with Tk = start + T
         Tk = k.shape[-2]
+        # one new query (cached decoding) sits after every key, so it may see them all
+        one_step = self.causal and self.window is None and T == 1
+        # the weights need the written-out path, and so does lmkit.inspect's pattern hook
+        use_kernel = self.fast and not return_weights and not self.hook_pattern.active
+        if H_kv != H and use_kernel and one_step and mask is None:
+            # GQA decoding: the G = H // H_kv query heads that share a key/value head are G
+            # queries of that head; no copies of the cached keys and values are needed
+            y = F.scaled_dot_product_attention(  # (B, H_kv, G, D)
+                q.reshape(B, H_kv, H // H_kv, D), k, v,
+                dropout_p=self.dropout if self.training else 0.0)
+            y = y.view(B, T, C)  # (B, H_kv, G, D) is (B, H, 1, D) in memory: T = 1
+            return self.resid_dropout(self.o_proj(y))  # (B, T, C)
         if H_kv != H:  # GQA: query head h uses key/value head h // (H // H_kv)
             k = k.repeat_interleave(H // H_kv, dim=1)  # (B, H, Tk, D)
             v = v.repeat_interleave(H // H_kv, dim=1)  # (B, H, Tk, D)
@@ -246,10 +280,6 @@ class MultiHeadAttention(nn.Module):
         given_mask = mask is not None  # may leave a query no key at all (left padding)
         if given_mask:
             _check_mask(mask, (B, H, T, Tk))
-        # one new query (cached decoding) sits after every key, so it may see them all
-        one_step = self.causal and self.window is None and T == 1
-        # the weights need the written-out path, and so does lmkit.inspect's pattern hook
-        use_kernel = self.fast and not return_weights and not self.hook_pattern.active
         if self.causal and not one_step and not (use_kernel and fused_causal):
             cm = causal_mask(T, Tk, device=x.device, window=self.window)  # (T, Tk)
             mask = cm if mask is None else mask & cm

@@ -158,6 +158,34 @@ def test_cached_step_by_step_matches_full_forward(kwargs):
     torch.testing.assert_close(torch.cat(steps, dim=1), full, atol=1e-5, rtol=1e-5)
 
 
+def test_kv_cache_writes_in_place_and_grows_by_chunks(monkeypatch):
+    monkeypatch.setattr(KVCache, "CHUNK", 3)  # grow often: every third position
+    attn = MultiHeadAttention(32, 4, n_kv_heads=2).eval()
+    x = torch.randn(2, 10, 32)
+    cache, steps, buffers = KVCache(), [], []
+    with torch.no_grad():
+        full = attn(x)
+        steps.append(attn(x[:, :4], cache=cache))
+        for t in range(4, 10):
+            steps.append(attn(x[:, t : t + 1], cache=cache))
+            buffers.append(cache._k_buf.data_ptr())
+    torch.testing.assert_close(torch.cat(steps, dim=1), full, atol=1e-5, rtol=1e-5)
+    assert cache.k.shape == (2, 2, 10, 8) and cache._k_buf.shape[-2] == 12  # 10 rounded up
+    # capacity 6 after the prompt, then 9, then 12: three buffers for six steps, not six
+    assert len(set(buffers)) == 3
+
+
+def test_kv_cache_with_gradients_keeps_autograd_correct():
+    attn = MultiHeadAttention(16, 2)
+    x = torch.randn(1, 5, 16)
+    cache = KVCache()
+    y = torch.cat([attn(x[:, :3], cache=cache), attn(x[:, 3:4], cache=cache),
+                   attn(x[:, 4:], cache=cache)], dim=1)
+    (g_cached,) = torch.autograd.grad(y.square().sum(), attn.q_proj.weight)
+    (g_full,) = torch.autograd.grad(attn(x).square().sum(), attn.q_proj.weight)
+    torch.testing.assert_close(g_cached, g_full, atol=1e-5, rtol=1e-5)
+
+
 def test_kv_cache_reorder_keeps_selected_rows():
     cache = KVCache()
     k = torch.randn(3, 2, 4, 8)
