@@ -297,7 +297,7 @@ class TransformerLM(nn.Module):
     def __init__(self, config: ModelConfig, fast: bool = True):
         super().__init__()
         if not isinstance(fast, bool):
-            raise TypeError(f"fast must be True or False, got {fast!r}")
+            raise TypeError(f"fast must be True or False (True: PyTorch's kernels, False: the written-out code of the chapters), got {fast!r}")
         c = self.config = config
         self.fast = fast
         self.tok_emb = TokenEmbedding(c.vocab_size, c.d_model)
@@ -339,7 +339,7 @@ class TransformerLM(nn.Module):
     def set_fast(self, fast: bool) -> TransformerLM:
         """Switch every module to PyTorch's kernels (True) or the written-out code (False)."""
         if not isinstance(fast, bool):
-            raise TypeError(f"fast must be True or False, got {fast!r}")
+            raise TypeError(f"fast must be True or False (True: PyTorch's kernels, False: the written-out code of the chapters), got {fast!r}")
         for module in self.modules():
             if hasattr(module, "fast"):
                 module.fast = fast
