@@ -17,7 +17,7 @@ from typing import TextIO
 import regex
 import torch
 
-from lmkit.tokenizer import BPETokenizer, merge
+from lmkit.tokenizer import BPETokenizer
 
 __all__ = ["ChatTokenizer", "add_chat_parser", "cmd_chat", "generate_smollm2"]
 
@@ -42,21 +42,9 @@ class ChatTokenizer(BPETokenizer):
         self.split_digits = split_digits
         self.missing_bytes = frozenset(missing_bytes)
 
-    def _encode_piece(self, piece: str) -> list[int]:
-        if not self.missing_bytes:
-            return super()._encode_piece(piece)
-        cached = self._cache.get(piece)
-        if cached is not None:
-            return cached
-        ids = [self.byte_ids[b] for b in piece.encode("utf-8") if b not in self.missing_bytes]
-        while len(ids) >= 2:  # the merge loop of BPETokenizer._encode_piece
-            pair = min(zip(ids, ids[1:]), key=lambda p: self._rank.get(p, float("inf")))
-            if pair not in self._rank:
-                break
-            ids = merge(ids, pair, self.merges[pair])
-        if len(piece) < 1000 and len(self._cache) < 100_000:
-            self._cache[piece] = ids
-        return ids
+    def _byte_ids_of(self, piece: str) -> list[int]:
+        """The piece's byte ids without the missing bytes; BPETokenizer then merges them."""
+        return [self.byte_ids[b] for b in piece.encode("utf-8") if b not in self.missing_bytes]
 
     @property
     def eos_token_id(self) -> int | None:
