@@ -11,9 +11,10 @@ for `generate --model smollm2`).
 
 from __future__ import annotations
 
+import os
 import sys
 from collections.abc import Callable, Iterable
-from typing import TextIO
+from typing import NoReturn, TextIO
 
 import regex
 import torch
@@ -60,7 +61,7 @@ class ChatTokenizer(BPETokenizer):
                 ids.extend(super().encode_ordinary(part))
         return ids
 
-    def save(self, directory) -> None:
+    def save(self, directory: str | os.PathLike) -> NoReturn:
         """Not supported: GPT-2's vocab.json/merges.txt have no place for the chat template,
         the digit split or the missing bytes, so the saved folder would load as a different
         tokenizer. Keep the GGUF file instead: `lmkit.pretrained.load_gguf` rebuilds it."""
@@ -68,6 +69,18 @@ class ChatTokenizer(BPETokenizer):
             "ChatTokenizer cannot be saved as GPT-2 files without losing its chat template, "
             "digit splitting and missing bytes; load it again from the GGUF file with "
             "lmkit.pretrained.load_gguf(path) (or load_smollm2())")
+
+    @classmethod
+    def load(cls, directory: str | os.PathLike,
+             special_tokens: list[str] | None = None) -> NoReturn:
+        """Not supported, as `save`: GPT-2 files would load without the chat template, digit
+        split and missing bytes. Read GPT-2 files with BPETokenizer.load, a chat model's
+        tokenizer with lmkit.pretrained.load_gguf."""
+        raise NotImplementedError(
+            f"ChatTokenizer.load({str(directory)!r}): GPT-2 files (vocab.json, merges.txt) hold "
+            "no chat template, digit splitting or missing bytes, so they would load as a plain "
+            "BPE tokenizer posing as a chat one; use BPETokenizer.load for them, and "
+            "lmkit.pretrained.load_gguf(path) (or load_smollm2()) for a chat model's tokenizer")
 
     def apply_chat_template(self, messages: list[dict[str, str]],
                             add_generation_prompt: bool = True) -> str:

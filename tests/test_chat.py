@@ -56,3 +56,19 @@ def test_chat_tokenizer_merges_with_bpe_tokenizers_merge_loop(bpe, monkeypatch):
     chat = _chat(bpe, missing_bytes={0xFF})
     ids = chat.encode("the other thing")
     assert calls and len(ids) < len("the other thing")
+
+
+def test_chat_tokenizer_neither_saves_nor_loads_gpt2_files(bpe, tmp_path):
+    """GPT-2's vocab.json/merges.txt cannot hold the chat template, the digit split or the
+    missing bytes: saving refuses, and so does ChatTokenizer.load, which would otherwise
+    hand back a tokenizer without them as if it were the chat tokenizer. Both say where a
+    chat tokenizer comes from."""
+    chat = _chat(bpe, chat_template="{{ messages[0]['content'] }}", eos_token=None,
+                 split_digits=True, missing_bytes={0xFF})
+    with pytest.raises(NotImplementedError, match=r"load_gguf"):
+        chat.save(tmp_path / "chat")
+    assert not (tmp_path / "chat").exists()
+    bpe.save(tmp_path / "bpe")  # a plain BPE folder loads as a BPETokenizer, not a chat one
+    with pytest.raises(NotImplementedError, match=r"BPETokenizer\.load.*load_gguf"):
+        ChatTokenizer.load(tmp_path / "bpe")
+    assert BPETokenizer.load(tmp_path / "bpe").encode("the 2024") == bpe.encode("the 2024")
