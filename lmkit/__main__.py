@@ -89,6 +89,8 @@ def _device(s: str) -> str:
         device = torch.device(s)
     except RuntimeError:
         raise argparse.ArgumentTypeError(f"unknown device {s!r}; use cpu, cuda or mps") from None
+    if device.type not in ("cpu", "cuda", "mps"):
+        raise argparse.ArgumentTypeError(f"cannot run on device {s!r}; use cpu, cuda or mps")
     if device.type == "cuda" and not torch.cuda.is_available():
         raise argparse.ArgumentTypeError("cuda was asked for but no CUDA GPU is available")
     if device.type == "mps" and not torch.backends.mps.is_available():
@@ -180,7 +182,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     from lmkit.chat import add_chat_parser  # chapter 09: SmolLM2-Instruct
 
-    add_chat_parser(sub)
+    add_chat_parser(sub, _device)
 
     d = sub.add_parser(
         "doctor", help="check that this machine is ready for the course",
@@ -380,15 +382,48 @@ def _print_stream(tok, ids: list[int], steps) -> list[int]:
     return out
 
 
+def _new_token_count(parser: argparse.ArgumentParser, args: argparse.Namespace, T: int,
+                     M: int) -> int:
+    """--max-new-tokens, checked against the context window M for a T-token prompt; if not
+    given, DEFAULT_NEW_TOKENS or the room the prompt leaves, whichever is fewer."""
+    n = args.max_new_tokens
+    if n is None:
+        n = DEFAULT_NEW_TOKENS if args.slide else min(DEFAULT_NEW_TOKENS, M - T)
+        if n < 1:
+            parser.error(f"--prompt has {T} tokens, which fill the model's context window of "
+                         f"{M}; shorten it, or add --slide and --max-new-tokens")
+    elif T + n > M and not args.slide:
+        parser.error(f"--max-new-tokens {n} with a {T}-token prompt needs {T + n} positions "
+                     f"but the model's context window is {M}: ask for at most "
+                     f"{max(M - T, 0)} new tokens, or add --slide to slide the window (each "
+                     f"token then sees only the last {M} tokens)")
+    return n
+
+
+def _generate_smollm2(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
+    """`generate --model smollm2`: continue the prompt with SmolLM2-135M-Instruct (ch. 09),
+    stopping at its end-of-turn token."""
+    from lmkit.chat import stream_reply
+    from lmkit.pretrained import load_smollm2
+
+    if args.num_beams > 1 or args.slide:
+        parser.error("--model smollm2 streams greedy or sampled text: drop --num-beams "
+                     "and --slide")
+    options = _sampling_options(parser, args)
+    model, tok = load_smollm2()
+    model.to(args.device)
+    ids = tok.encode(args.prompt)
+    if not ids:
+        parser.error("--prompt is empty; give at least one character")
+    n = _new_token_count(parser, args, len(ids), model.config.context_length)
+    sys.stdout.write(args.prompt)
+    stream_reply(model, tok, ids, n, options, args.seed, sys.stdout, args.device)
+
+
 def cmd_generate(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
     folder = args.model
     if str(folder) == "smollm2" and not folder.is_dir():  # the pretrained model of chapter 09
-        from lmkit.chat import generate_smollm2
-
-        if args.num_beams > 1 or args.slide:
-            parser.error("--model smollm2 streams greedy or sampled text: drop --num-beams "
-                         "and --slide")
-        return generate_smollm2(args, _sampling_options(parser, args))
+        return _generate_smollm2(parser, args)
     if not folder.is_dir():
         parser.error(f"--model {folder}: no such folder (train one with `.venv/bin/python -m "
                      "lmkit train --out FOLDER`, or leave --model out to use the course model)")
@@ -411,17 +446,7 @@ def cmd_generate(parser: argparse.ArgumentParser, args: argparse.Namespace) -> N
         parser.error("--prompt is empty; give at least one character")
     model = load_model(folder, device=args.device).eval()
     M, T = model.config.context_length, len(ids)
-    n = args.max_new_tokens
-    if n is None:
-        n = DEFAULT_NEW_TOKENS if args.slide else min(DEFAULT_NEW_TOKENS, M - T)
-        if n < 1:
-            parser.error(f"--prompt has {T} tokens, which fill the model's context window of "
-                         f"{M}; shorten it, or add --slide and --max-new-tokens")
-    elif T + n > M and not args.slide:
-        parser.error(f"--max-new-tokens {n} with a {T}-token prompt needs {T + n} positions "
-                     f"but the model's context window is {M}: ask for at most "
-                     f"{max(M - T, 0)} new tokens, or add --slide to slide the window (each "
-                     f"token then sees only the last {M} tokens)")
+    n = _new_token_count(parser, args, T, M)
     if args.slide and options.get("num_beams", 1) > 1 and T + n > M:
         parser.error("--slide works with sampling and greedy decoding, not with --num-beams")
     x = torch.tensor([ids], device=args.device)  # (1, T)

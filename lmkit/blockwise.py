@@ -34,10 +34,15 @@ def merge_softmax_blocks(
     """Combine the running (max, sum, weighted values) of two sets of keys into one.
 
     Each part was computed relative to its own max; both are rescaled to the common max m.
+    A row whose max is -inf saw no key (all masked): that part contributes nothing, even if
+    its sums are nan (exp(-inf - -inf)), and two such parts give sums of 0, not nan.
     """
     m = torch.maximum(m1, m2)  # (..., Tq, 1)
     safe = m.clamp_min(torch.finfo(m.dtype).min)  # two empty parts (-inf): no nan, sums stay 0
     a1, a2 = torch.exp(m1 - safe), torch.exp(m2 - safe)  # how much each part shrinks
+    empty1, empty2 = m1 == float("-inf"), m2 == float("-inf")  # (..., Tq, 1) rows with no key
+    l1, o1 = l1.masked_fill(empty1, 0.0), o1.masked_fill(empty1, 0.0)
+    l2, o2 = l2.masked_fill(empty2, 0.0), o2.masked_fill(empty2, 0.0)
     return m, a1 * l1 + a2 * l2, a1 * o1 + a2 * o2
 
 
@@ -50,8 +55,8 @@ def blockwise_attention(
     With `causal`, the Tq queries are the last Tq of the Tk positions (as with a KV cache);
     key blocks entirely in a query block's future are skipped, never computed.
     """
-    if not (isinstance(block_q, int) and isinstance(block_k, int) and block_q > 0
-            and block_k > 0):
+    if not all(isinstance(b, int) and not isinstance(b, bool) and b > 0
+               for b in (block_q, block_k)):  # True would be a block of 1
         raise ValueError(f"block sizes must be positive integers, got block_q={block_q!r}, "
                          f"block_k={block_k!r}")
     if q.dim() < 2 or q.shape[:-2] != k.shape[:-2] or k.shape[:-2] != v.shape[:-2]:

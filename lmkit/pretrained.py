@@ -15,11 +15,10 @@ from __future__ import annotations
 import json
 import re
 from collections.abc import Callable
-from contextlib import contextmanager
 from pathlib import Path
 
 import torch
-from torch import Tensor, nn
+from torch import Tensor
 
 from lmkit.io import read_safetensors, read_text
 from lmkit.model import ModelConfig, TransformerLM
@@ -513,8 +512,8 @@ def load_gguf(path: str | Path, dtype: torch.dtype = torch.float32,
     if unknown:
         raise ValueError(f"{path}: tensors {unknown[:3]} are not part of a {config.n_layers}-"
                          "layer Llama; lmkit supports the llama architecture only")
-    with _skip_init(), torch.device("meta"):  # no memory, no random numbers: the file has all
-        model = TransformerLM(config)
+    with torch.device("meta"):  # shapes only, no memory: the file has every weight
+        model = TransformerLM(config, init_weights=False)  # its random init would be overwritten
     state = {}
     for their_name, ours in names.items():
         if their_name not in f.tensors:
@@ -539,19 +538,6 @@ def load_gguf(path: str | Path, dtype: torch.dtype = torch.float32,
         model.lm_head.weight = model.tok_emb.weight
     _rebuild_buffers(model)
     return model.eval(), tokenizer
-
-
-@contextmanager
-def _skip_init():
-    """Make nn.init's fillers do nothing for a moment: the weights are about to be replaced."""
-    saved = {name: getattr(nn.init, name) for name in ("normal_", "zeros_", "ones_")}
-    try:
-        for name in saved:
-            setattr(nn.init, name, lambda t, *args, **kwargs: t)
-        yield
-    finally:
-        for name, fn in saved.items():
-            setattr(nn.init, name, fn)
 
 
 def _rebuild_buffers(model: TransformerLM) -> None:

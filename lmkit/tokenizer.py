@@ -286,7 +286,7 @@ class BPETokenizer:
         cached = self._cache.get(piece)
         if cached is not None:
             return cached
-        ids = [self.byte_ids[b] for b in piece.encode("utf-8")]
+        ids = self._byte_ids_of(piece)
         while len(ids) >= 2:
             pair = min(zip(ids, ids[1:]), key=lambda p: self._rank.get(p, float("inf")))
             if pair not in self._rank:
@@ -295,6 +295,10 @@ class BPETokenizer:
         if len(piece) < 1000 and len(self._cache) < 100_000:
             self._cache[piece] = ids
         return ids
+
+    def _byte_ids_of(self, piece: str) -> list[int]:
+        """The ids of the piece's UTF-8 bytes, before any merge (a subclass may drop some)."""
+        return [self.byte_ids[b] for b in piece.encode("utf-8")]
 
     def encode_ordinary(self, text: str) -> list[int]:
         """Encode `text`, treating special-token strings in it as ordinary text."""

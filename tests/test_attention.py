@@ -253,3 +253,10 @@ def test_left_padding_on_a_whole_model_gives_the_unpadded_logits_and_no_nan(fast
     torch.testing.assert_close(other(ids, mask=attention_mask[:, None, None, :]), logits)
     logits[0, 3:].logsumexp(-1).sum().backward()  # gradients stay finite too
     assert all(torch.isfinite(p.grad).all() for p in model.parameters() if p.grad is not None)
+
+
+@pytest.mark.parametrize("fast", ["no", 0, 1, None])
+def test_fast_must_be_a_bool(fast):
+    """fast="no" is truthy: it would silently pick PyTorch's kernel."""
+    with pytest.raises(TypeError, match=rf"fast must be True or False.*got {fast!r}"):
+        MultiHeadAttention(16, 4, fast=fast)

@@ -94,3 +94,38 @@ def test_blockwise_rejects_bad_blocks_and_shapes():
     assert not l.isnan().any() and not o.isnan().any()
     with pytest.raises(ValueError, match="window"):
         RollingKVCache(True)
+
+
+def _softmax_part(s, v):
+    """(max, sum, weighted values) of one block of scores, computed the plain way: a row whose
+    scores are all -inf (every key masked) gets max -inf and nan sums (exp(-inf - -inf))."""
+    m = s.amax(-1, keepdim=True)
+    p = torch.exp(s - m)
+    return m, p.sum(-1, keepdim=True), p @ v
+
+
+@pytest.mark.parametrize("masked", ["first", "second", "rows"])
+def test_merging_a_fully_masked_block_changes_nothing(masked):
+    """A block whose maxima are -inf (every key masked) contributes nothing, whatever its
+    sums hold: the merge equals the softmax over the unmasked keys alone, with no nan."""
+    torch.manual_seed(2)
+    s, v = torch.randn(4, 10) * 3, torch.randn(10, 3)
+    if masked == "first":
+        s[:, :4] = float("-inf")
+    elif masked == "second":
+        s[:, 4:] = float("-inf")
+    else:  # rows 0 and 2 see no key of the first block, rows 1 and 3 none of the second
+        s[::2, :4] = float("-inf")
+        s[1::2, 4:] = float("-inf")
+    m, l, o = merge_softmax_blocks(*_softmax_part(s[:, :4], v[:4]),  # noqa: E741
+                                   *_softmax_part(s[:, 4:], v[4:]))
+    torch.testing.assert_close(o / l, torch.softmax(s, -1) @ v)
+    torch.testing.assert_close(m, s.amax(-1, keepdim=True))
+
+
+@pytest.mark.parametrize("blocks", [dict(block_q=True), dict(block_k=False), dict(block_q=2.0),
+                                    dict(block_k=-4)])
+def test_block_sizes_must_be_positive_integers_not_bools(blocks):
+    q = torch.randn(1, 2, 8, 4)
+    with pytest.raises(ValueError, match="block sizes must be positive integers"):
+        blockwise_attention(q, q, q, **blocks)

@@ -83,3 +83,12 @@ def test_both_kernel_paths_match_torch_and_the_formula(name, fast):
 def test_swiglu_gate_is_silu_on_both_paths(fast):
     x = torch.linspace(-6, 6, 1001, dtype=torch.float64)
     torch.testing.assert_close(get_activation("swiglu", fast=fast)(x), FORMULAS["silu"](x))
+
+
+@pytest.mark.parametrize("fast", ["no", 0, None])
+def test_fast_must_be_a_bool(fast):
+    """fast="no" is truthy: it would silently pick PyTorch's kernel."""
+    with pytest.raises(TypeError, match=rf"fast must be True or False.*got {fast!r}"):
+        FeedForward(8, 32, fast=fast)
+    with pytest.raises(TypeError, match=rf"fast must be True or False.*got {fast!r}"):
+        get_activation("gelu", fast=fast)

@@ -486,3 +486,46 @@ def test_sampling_equals_a_hand_written_sampler_on_the_same_generator():
     got = generate(model, x, 12, do_sample=True, temperature=temperature, top_k=k, top_p=p,
                    generator=torch.Generator().manual_seed(5))
     assert torch.equal(got, seq)
+
+
+# ----------------------------------------------------------------------------- argument types
+
+
+def _every_entry_point(model, ids, n, **kwargs):
+    """Call generate, generate_stream and beam_search (directly and through generate)."""
+    yield lambda: generate(model, ids, n, **kwargs)
+    yield lambda: generate_stream(model, ids, n, **kwargs)  # raises on creation, not next()
+    yield lambda: generate(model, ids, n, num_beams=2, **kwargs)
+    yield lambda: beam_search(model, ids, n, num_beams=2, **kwargs)
+
+
+@pytest.mark.parametrize(("n", "error", "match"), [
+    (True, TypeError, "max_new_tokens must be an integer >= 0.*got True of type bool"),
+    (False, TypeError, "got False of type bool"),
+    (2.0, TypeError, "got 2.0 of type float"),
+    ("3", TypeError, "got '3' of type str"),
+    (-1, ValueError, "max_new_tokens must be an integer >= 0, got -1"),
+])
+def test_max_new_tokens_is_a_count_not_a_bool(n, error, match):
+    model = tiny()
+    for call in _every_entry_point(model, prompt(), n):
+        with pytest.raises(error, match=match):
+            call()
+
+
+@pytest.mark.parametrize(("eos", "error", "match"), [
+    (V, ValueError, rf"eos_token_id={V} is not in this model's vocabulary of {V} tokens "
+                    rf"\(ids 0\.\.{V - 1}\)"),
+    (-1, ValueError, "eos_token_id=-1 is not in"),
+    (True, TypeError, "eos_token_id must be a token id.*got True of type bool"),
+    (2.0, TypeError, "got 2.0 of type float"),
+    ("<|endoftext|>", TypeError, r"got '<\|endoftext\|>' of type str.*tokenizer"),
+])
+def test_eos_token_id_must_be_a_token_of_the_vocabulary(eos, error, match):
+    """An eos id the model can never produce would silently never stop a row."""
+    model = tiny()
+    for call in _every_entry_point(model, prompt(), 3, eos_token_id=eos):
+        with pytest.raises(error, match=match):
+            call()
+    assert generate(model, prompt(), 3, eos_token_id=V - 1).shape[1] <= 8  # the last id is fine
+    assert generate(model, prompt(), 3, eos_token_id=torch.tensor(0).item()).shape[1] <= 8

@@ -171,3 +171,35 @@ def test_chat_tokenizer_refuses_to_save_what_it_cannot_load(ours, tmp_path):
     tok = pretrained.gguf_tokenizer(ours.metadata, PATH)
     with pytest.raises(NotImplementedError, match="load_gguf"):
         tok.save(tmp_path)
+
+
+def test_loading_leaves_other_threads_models_initialised(monkeypatch):
+    """load_gguf skips the random init of the weights it is about to overwrite, for its own
+    model only: it used to switch off torch.nn.init's fillers for the whole process, so a model
+    built meanwhile in another thread silently kept no init (here: o_proj with PyTorch's
+    default uniform init instead of GPT-2's N(0, 0.02 / sqrt(2 * n_layers)))."""
+    import threading
+
+    from lmkit.model import ModelConfig, TransformerLM
+
+    small = ModelConfig.gpt2(vocab_size=64, context_length=16, d_model=256, n_layers=2,
+                             n_heads=4)
+    built = {}
+
+    def build_elsewhere():
+        torch.manual_seed(0)
+        built["model"] = TransformerLM(small)
+
+    class WhileBuilding(TransformerLM):  # load_gguf's model: another thread builds meanwhile
+        def __init__(self, *args, **kwargs):
+            thread = threading.Thread(target=build_elsewhere)
+            thread.start()
+            thread.join()
+            super().__init__(*args, **kwargs)
+
+    monkeypatch.setattr(pretrained, "TransformerLM", WhileBuilding)
+    model, _ = pretrained.load_gguf(PATH)
+    assert isinstance(model, WhileBuilding)
+    w = built["model"].blocks[0].attn.o_proj.weight
+    assert abs(w.std().item() - 0.02 / 2) < 0.001  # GPT-2's init, as without load_gguf
+    assert torch.nn.init.normal_.__module__ == "torch.nn.init"

@@ -298,3 +298,20 @@ def test_cache_beyond_context_window_is_refused(positional):
         model(ids(1, 20), cache=cache)
         with pytest.raises(ValueError, match=r"sequence has 25 tokens \(20 cached \+ 5 new\)"):
             model(ids(1, 5), cache=cache)
+
+
+def test_init_weights_false_skips_only_this_models_init(monkeypatch):
+    """A loader that overwrites every weight asks for no random init, for its own model only
+    (lmkit.pretrained.load_gguf); the default still runs GPT-2's init."""
+    calls = []
+    real = TransformerLM.reset_parameters
+    monkeypatch.setattr(TransformerLM, "reset_parameters",
+                        lambda self: calls.append(self) or real(self))
+    with torch.device("meta"):
+        skipped = TransformerLM(tiny(), init_weights=False)
+    assert calls == [] and skipped.lm_head.weight.is_meta
+    torch.manual_seed(0)
+    initialised = TransformerLM(tiny())
+    assert calls == [initialised]
+    with pytest.raises(TypeError, match="init_weights must be True or False, got 'no'"):
+        TransformerLM(tiny(), init_weights="no")

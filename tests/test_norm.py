@@ -57,3 +57,12 @@ def test_make_norm():
     assert make_norm("layernorm", 8, bias=False).bias is None
     with pytest.raises(ValueError, match=r"unknown norm 'batchnorm'; choose one of"):
         make_norm("batchnorm", 8)
+
+
+@pytest.mark.parametrize("make", [lambda f: LayerNorm(8, fast=f), lambda f: RMSNorm(8, fast=f),
+                                  lambda f: make_norm("rmsnorm", 8, fast=f)])
+@pytest.mark.parametrize("fast", ["no", 0, None])
+def test_fast_must_be_a_bool(make, fast):
+    """fast="no" is truthy: it would silently pick PyTorch's kernel."""
+    with pytest.raises(TypeError, match=rf"fast must be True or False.*got {fast!r}"):
+        make(fast)
