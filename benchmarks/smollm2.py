@@ -15,6 +15,8 @@ All figures come from one run; on a machine shared with other work expect noise:
 from __future__ import annotations
 
 import argparse
+import contextlib
+import io
 import os
 import sys
 import time
@@ -51,7 +53,6 @@ def main() -> None:
                         help="torch threads (default: PyTorch's choice)")
     args = parser.parse_args()
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    os.environ.setdefault("TQDM_DISABLE", "1")  # the GGUF loader's own progress bar
     if args.threads:
         torch.set_num_threads(args.threads)
     import transformers
@@ -65,8 +66,9 @@ def main() -> None:
     ours, tok = load_smollm2()
     t_ours = time.perf_counter() - start
     start = time.perf_counter()
-    hf = transformers.AutoModelForCausalLM.from_pretrained(str(path.parent), gguf_file=path.name,
-                                                           dtype=torch.float32).eval()
+    with contextlib.redirect_stderr(io.StringIO()):  # the GGUF loader's own progress bar
+        hf = transformers.AutoModelForCausalLM.from_pretrained(
+            str(path.parent), gguf_file=path.name, dtype=torch.float32).eval()
     t_hf = time.perf_counter() - start
     print(f"load: lmkit {t_ours:.2f} s, Hugging Face {t_hf:.2f} s ({t_hf / t_ours:.1f}x faster)")
 
