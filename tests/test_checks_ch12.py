@@ -132,6 +132,50 @@ def test_accumulate_gradients_mistakes(changes, hint):
         ch12.check_accumulate_gradients(accumulate_factory(**changes))
 
 
+def whole_batch(model, x, y, K):  # no accumulation at all: the big batch itself
+    model.zero_grad(set_to_none=True)
+    loss = lm_loss(model(x), y)
+    loss.backward()
+    return loss.item()
+
+
+def one_backward(model, x, y, K):  # K forwards, then one backward: every activation kept
+    model.zero_grad(set_to_none=True)
+    loss = torch.stack([lm_loss(model(xk), yk) for xk, yk in zip(x.chunk(K), y.chunk(K))]).mean()
+    loss.backward()
+    return loss.item()
+
+
+def extra_forward(model, x, y, K):  # a grad-enabled forward of the whole batch for the loss
+    accumulate(model, x, y, K)
+    return lm_loss(model(x), y).item()
+
+
+def loss_without_grad(model, x, y, K):  # right: the forward under no_grad is not training
+    accumulate(model, x, y, K)
+    with torch.no_grad():
+        return lm_loss(model(x), y).item()
+
+
+ACCUM_ORDER_MISTAKES = [
+    (whole_batch, "whole batch in one forward and one backward"),
+    (one_backward, "you called backward once, after all K forward passes"),
+    (extra_forward, "expected K=2 rounds of \\(forward on B/K=4 windows, then backward\\)"),
+]
+
+
+@pytest.mark.parametrize("fn,hint", ACCUM_ORDER_MISTAKES, ids=lambda v: getattr(v, "__name__", ""))
+def test_accumulate_gradients_must_accumulate(fn, hint):
+    """Right gradients and loss are not enough: the micro-batches must run one at a time."""
+    with pytest.raises(AssertionError, match=hint):
+        ch12.check_accumulate_gradients(fn)
+
+
+def test_accumulate_gradients_allows_a_forward_without_grad(capsys):
+    ch12.check_accumulate_gradients(loss_without_grad)
+    assert "✓ accumulate_gradients" in capsys.readouterr().out
+
+
 # -------------------------------------------------------------- 3: all-reduce
 
 

@@ -111,6 +111,47 @@ def _grads_for(model, batches, scale) -> list[torch.Tensor]:
     return _grads(model)
 
 
+ONE_PASS = ("you ran the whole batch in one forward and one backward: that is the big batch "
+            "itself, not accumulation. Split x and y into K micro-batches (x.chunk(K)) and run "
+            "forward and backward on each in turn")
+ONE_BACKWARD = ("the gradients are right, but you called backward once, after all K forward "
+                "passes: every micro-batch's activations stayed in memory at once, as with the "
+                "big batch. Call backward on each micro-batch's loss (divided by K) right after "
+                "its forward, before the next micro-batch")
+
+
+def _watch(model) -> tuple[list, list]:
+    """Record, in order, each grad-enabled forward pass of `model` (with its batch size) and
+    each backward pass that reaches its parameters; returns (events, hook handles)."""
+    events: list = []
+
+    def on_forward(module, args):
+        if torch.is_grad_enabled():  # a forward under no_grad (e.g. for the loss) is allowed
+            events.append(("forward", int(args[0].shape[0])))
+
+    first = next(model.parameters())  # the token embedding: every backward reaches it once
+    handles = [model.register_forward_pre_hook(on_forward),
+               first.register_hook(lambda g: events.append(("backward", None)))]
+    return events, handles
+
+
+def _order_hint(events: list, B: int, K: int) -> str | None:
+    """The hint when the micro-batches were not run forward-then-backward one at a time."""
+    want = [("forward", B // K), ("backward", None)] * K
+    if events == want:
+        return None
+    forwards = [n for kind, n in events if kind == "forward"]
+    backwards = sum(kind == "backward" for kind, _ in events)
+    if forwards == [B] and backwards == 1:
+        return ONE_PASS
+    if forwards == [B // K] * K and backwards == 1:
+        return ONE_BACKWARD
+    ran = ", ".join(f"forward on {n} windows" if kind == "forward" else "backward"
+                    for kind, n in events)
+    return (f"expected K={K} rounds of (forward on B/K={B // K} windows, then backward); your "
+            f"function ran: {ran or 'nothing'}")
+
+
 def check_accumulate_gradients(fn) -> None:
     """Exercise 2: fn(model, x, y, K) leaves in .grad the gradient of lm_loss on the whole
     batch, computed from K micro-batches, and returns the whole batch's loss."""
@@ -122,7 +163,12 @@ def check_accumulate_gradients(fn) -> None:
         y = torch.randint(17, (B, T), generator=g)
         for p in model.parameters():  # stale gradients from an earlier step
             p.grad = torch.full_like(p, 0.5)
-        got_loss = call(fn, model, x, y, K, name="accumulate_gradients")  # refuses x, y changed
+        events, handles = _watch(model)
+        try:
+            got_loss = call(fn, model, x, y, K, name="accumulate_gradients")  # refuses x, y changed
+        finally:
+            for h in handles:
+                h.remove()
         got = _grads(model)
         ref = _model(i)
         full_loss = lm_loss(ref(x), y)
@@ -160,6 +206,9 @@ def check_accumulate_gradients(fn) -> None:
             fail(f"accumulate_gradients({where}): the gradients differ from one backward over "
                  "the whole batch. Split x and y into K chunks along dim 0, and call "
                  "(lm_loss(model(xk), yk) / K).backward() on each")
+        order = _order_hint(events, B, K)
+        if order is not None:
+            fail(f"accumulate_gradients({where}): {order}")
         if isinstance(got_loss, torch.Tensor):
             if got_loss.numel() != 1:
                 fail(f"accumulate_gradients({where}) should return one number, the loss of "
