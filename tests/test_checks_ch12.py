@@ -255,7 +255,20 @@ def forgot_return(t):
     out /= dist.get_world_size()
 
 
+def to_float64(t):
+    out = t.double()
+    dist.all_reduce(out)
+    return out / dist.get_world_size()
+
+
+def divided_by_two(t):  # right on two processes only
+    out = t.clone()
+    dist.all_reduce(out)
+    return out / 2
+
+
 ALL_REDUCE_MISTAKES = [
+    (to_float64, "keep the input's dtype"),
     (summed, "SUM of the tensors"),
     (divided_twice, "world size twice"),
     (no_communication, "no communication"),
@@ -286,6 +299,17 @@ def test_all_reduce_mean_mistakes():
     assert hints[:2] == [None, None]
     for (fn, expected), hint in zip(ALL_REDUCE_MISTAKES, hints[2:]):
         assert hint is not None and __import__("re").search(expected, hint), (fn.__name__, hint)
+
+
+@pytest.mark.slow
+def test_all_reduce_mean_on_three_processes():
+    """A world size written in as 2 passes on two processes; the check also runs three."""
+    assert ch12.all_reduce_hints([all_reduce_mean, average_op, divided_by_two], world=3) == [
+        None, None, "right on 2 processes, but on 3 you divided the sum by 2: the number of "
+        "processes is dist.get_world_size(), do not write it in"]
+    assert ch12.all_reduce_hints([divided_by_two])[0] is None  # why two processes are not enough
+    with pytest.raises(AssertionError, match="on 3 you divided the sum by 2"):
+        ch12.check_all_reduce_mean(divided_by_two)
 
 
 # -------------------------------------------------------------- 4: profiler

@@ -257,6 +257,7 @@ for name, source in sources:
             if isinstance(got, (list, tuple)):
                 raise TypeError(f"returned a {type(got).__name__}, not a tensor")
             out.append({"value": None if got is None else torch.as_tensor(got).tolist(),
+                        "dtype": None if got is None else str(torch.as_tensor(got).dtype),
                         "changed": not torch.equal(given, t),
                         "same_object": got is given})
         results.append({"cases": out})
@@ -276,18 +277,18 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def _run_on_two_processes(fns) -> list[list[dict]]:
-    """Run each function on the worker's cases in two gloo processes: results per rank."""
+def _run_on_processes(fns, world: int = 2) -> list[list[dict]]:
+    """Run each function on the worker's cases in `world` gloo processes: results per rank."""
     sources = [(fn.__name__, textwrap.dedent(inspect.getsource(fn))) for fn in fns]
     with tempfile.TemporaryDirectory() as tmp:
         worker, src = Path(tmp) / "worker.py", Path(tmp) / "sources.json"
         worker.write_text(_WORKER)
         src.write_text(json.dumps(sources))
         env = {**os.environ, "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(_free_port()),
-               "WORLD_SIZE": "2", "OMP_NUM_THREADS": "1"}
+               "WORLD_SIZE": str(world), "OMP_NUM_THREADS": "1"}
         procs = [subprocess.Popen([sys.executable, str(worker), str(src)],
                                   env={**env, "RANK": str(r)}, stdout=subprocess.PIPE,
-                                  stderr=subprocess.PIPE, text=True) for r in range(2)]
+                                  stderr=subprocess.PIPE, text=True) for r in range(world)]
         outs = []
         for p in procs:
             try:
@@ -295,13 +296,13 @@ def _run_on_two_processes(fns) -> list[list[dict]]:
             except subprocess.TimeoutExpired:
                 for q in procs:
                     q.kill()
-                fail("the two processes did not finish within 120 s: does your function call "
+                fail(f"the {world} processes did not finish within 120 s: does your function call "
                      "a collective (all_reduce, broadcast, ...) on one rank only? Every rank "
                      "must make the same calls")
             if p.returncode != 0:
                 fail(f"a process crashed: {err.strip().splitlines()[-1] if err.strip() else '?'}")
             outs.append(json.loads(out.strip().splitlines()[-1]))
-    return [[outs[0][i], outs[1][i]] for i in range(len(fns))]
+    return [[outs[r][i] for r in range(world)] for i in range(len(fns))]
 
 
 def _all_reduce_hint(ranks: list[dict]) -> str | None:
@@ -333,6 +334,9 @@ def _all_reduce_hint(ranks: list[dict]) -> str | None:
                     f"{tuple(mean[c].shape)}: all_reduce keeps the shape (did you gather "
                     "or stack the tensors?)")
         want = mean[c].double()
+        if any(g["dtype"] != str(t[0][c].dtype) for g in got):
+            return (f"you returned a {got[0]['dtype']} tensor for a {t[0][c].dtype} input: keep "
+                    "the input's dtype (all-reduce a clone of t, not t.double() or t.half())")
         if all(torch.allclose(v, want) for v in vals):
             if any(g["changed"] or g["same_object"] for g in got):
                 return ("the average is right, but you changed the input tensor in place "
@@ -370,14 +374,47 @@ def _all_reduce_hint(ranks: list[dict]) -> str | None:
     return None
 
 
-def all_reduce_hints(fns) -> list[str | None]:
-    """The hint (None when correct) for each function, all run in one pair of processes."""
-    return [_all_reduce_hint(r) for r in _run_on_two_processes(fns)]
+def _inputs(rank: int) -> list[torch.Tensor]:
+    """The worker's three cases on process `rank` (see _WORKER)."""
+    return [torch.tensor([1.0, 2.0, 3.0]) * (rank + 1), torch.arange(6.0).view(2, 3) - 10 * rank,
+            torch.tensor(7.5) if rank == 0 else torch.tensor(-2.5)]
+
+
+def _world_size_hint(ranks: list[dict]) -> str | None:
+    """The hint for one function's results on three processes (None: correct), for answers
+    that were right on two: the world size must not be hard-coded."""
+    world = len(ranks)
+    if any("stub" in r or "error" in r for r in ranks):
+        err = next((r["error"] for r in ranks if "error" in r), "NotImplementedError")
+        return f"on {world} processes your function raised {err}"
+    for c in range(3):
+        total = sum(_inputs(r)[c] for r in range(world)).double()
+        vals = [r["cases"][c]["value"] for r in ranks]
+        if any(v is None for v in vals):
+            return f"on {world} processes your function returned None"
+        vals = [torch.tensor(v, dtype=torch.float64) for v in vals]
+        if any(v.shape != total.shape for v in vals):
+            return f"on {world} processes the result has shape {tuple(vals[0].shape)}"
+        if all(torch.allclose(v, total / world) for v in vals):
+            continue
+        if all(torch.allclose(v, total / 2) for v in vals):
+            return (f"right on 2 processes, but on {world} you divided the sum by 2: the "
+                    "number of processes is dist.get_world_size(), do not write it in")
+        return (f"right on 2 processes, but not on {world}: rank 0 returned "
+                f"{vals[0].tolist()}, expected {(total / world).tolist()} on every rank")
+    return None
+
+
+def all_reduce_hints(fns, world: int = 2) -> list[str | None]:
+    """The hint (None when correct) for each function, all run in one group of `world`
+    processes (2: the cases and hints of the exercise; 3: catches a hard-coded world size)."""
+    hint = _all_reduce_hint if world == 2 else _world_size_hint
+    return [hint(r) for r in _run_on_processes(fns, world)]
 
 
 def check_all_reduce_mean(fn) -> None:
     """Exercise 3: fn(t) returns the mean of t over all processes, t unchanged; run on two
-    gloo processes started by the check."""
+    gloo processes started by the check, then on three (the world size is not always 2)."""
     try:  # the unsolved stub raises at once; no need to start processes
         fn(torch.zeros(1))
     except NotImplementedError:
@@ -389,7 +426,10 @@ def check_all_reduce_mean(fn) -> None:
         raise NotImplementedError("all_reduce_mean is not solved yet")
     if hint is not None:
         fail(f"all_reduce_mean on 2 processes: {hint}")
-    passed("all_reduce_mean", 3)
+    hint = all_reduce_hints([fn], world=3)[0]  # the same cases on three processes
+    if hint is not None:
+        fail(f"all_reduce_mean: {hint}")
+    passed("all_reduce_mean", 6)
 
 
 # ----------------------------------------------------- exercise 4: profiler table
