@@ -5,6 +5,7 @@ import math
 import pytest
 import torch
 import torch.distributed as dist  # noqa: F401 (the all-reduce answers below use it)
+from catalogue import Wrong, assert_complete, assert_passes, assert_rejected
 
 from lmkit.checks import ch12
 from lmkit.train import lm_loss
@@ -365,3 +366,70 @@ def test_profile_summary(capsys):
 def test_profile_summary_mistakes(changes, hint):
     with pytest.raises(AssertionError, match=hint):
         ch12.check_profile_summary(lambda rows: summary(rows, **changes))
+
+
+# -------------------------------------------------------------- the catalogue (tests/catalogue.py)
+# Every wrong answer above, filed under the MISTAKES entry whose hint it must get.
+
+def _own(t):
+    return t.clone()
+
+
+_MEMORY_KEYS = ["no_grads", "bits", "half", "values", "megabytes", "not_divided", "ddp_divided",
+                "states_only", "adamw_one", "adamw_three", "momentum_two", "sgd_state"]
+_ACCUM_KEYS = ["times_K", "stale", "zero_inside", "zero_inside_undivided", "by_batch",
+               "first_only", "dim1", "loss_sum", "loss_last", "inplace"]
+_REDUCE_KEYS = ["sum", "twice", "no_comm", "inplace", "broadcast", "max", "reduce",
+                "element_mean", "shape", "by_rank", "no_return"]
+_PROFILE_KEYS = ["by_total", "units", "percent", "per_call", "only_mm", "no_addmm", "linear",
+                 "total_share", "top_total_self"]
+
+CATALOGUE = (
+    [Wrong("training_memory", k, memory_wrong(change))
+     for k, (change, _) in zip(_MEMORY_KEYS, MEMORY_MISTAKES, strict=True)]
+    + [Wrong("training_memory", "type", lambda n, o, w, s: f"{memory(n, o, w, s)} bytes")]
+    + [Wrong("accumulate_gradients", k, accumulate_factory(**changes))
+       for k, (changes, _) in zip(_ACCUM_KEYS, ACCUM_MISTAKES, strict=True)]
+    + [Wrong("accumulate_gradients", "one_pass", whole_batch),
+       Wrong("accumulate_gradients", "one_backward", one_backward),
+       Wrong("accumulate_gradients", "loss_type", lambda m, x, y, K: accumulate(m, x, y, K) and None)]
+    + [Wrong("all_reduce_mean", k, fn)
+       for k, (fn, _) in zip(_REDUCE_KEYS, ALL_REDUCE_MISTAKES[1:], strict=True)]
+    + [Wrong("all_reduce_mean", "dtype", to_float64), Wrong("all_reduce_mean", "own", _own),
+       Wrong("all_reduce_mean", "world_size", divided_by_two)]
+    + [Wrong("profile_summary", k, (lambda ch: lambda rows: summary(rows, **ch))(changes))
+       for k, (changes, _) in zip(_PROFILE_KEYS, PROFILE_MISTAKES, strict=True)]
+    + [Wrong("profile_summary", "microseconds", summary_us),
+       Wrong("profile_summary", "keys", lambda rows: list(summary(rows).values()))]
+)
+SOLUTIONS = {"training_memory": memory, "accumulate_gradients": accumulate,
+             "all_reduce_mean": all_reduce_mean, "profile_summary": summary}
+
+
+def test_catalogue_complete():
+    assert_complete(ch12, CATALOGUE, SOLUTIONS)
+
+
+@pytest.mark.parametrize("wrong", [w for w in CATALOGUE if w.exercise != "all_reduce_mean"],
+                         ids=lambda w: w.id)
+def test_wrong_answer_gets_its_hint(wrong):
+    assert_rejected(ch12, wrong)
+
+
+@pytest.mark.parametrize("exercise", ["training_memory", "accumulate_gradients",
+                                      "profile_summary"])
+def test_solution_passes_without_warnings(exercise, capsys):
+    assert_passes(ch12, exercise, SOLUTIONS[exercise], capsys)
+
+
+@pytest.mark.slow
+def test_all_reduce_catalogue_gets_its_hints():
+    """The all-reduce answers run together (one group of processes per world size, rather than
+    one per answer); each must get its table hint."""
+    wrong = [w for w in CATALOGUE if w.exercise == "all_reduce_mean"]
+    two = [w for w in wrong if w.mistake != "world_size"]
+    three = [w for w in wrong if w.mistake == "world_size"]
+    for w, hint in zip(two, ch12.all_reduce_hints([w.fn for w in two])):
+        assert hint is not None and ch12.MISTAKES[w.exercise][w.mistake].hint in hint, (w.id, hint)
+    for w, hint in zip(three, ch12.all_reduce_hints([w.fn for w in three], world=3)):
+        assert hint is not None and ch12.MISTAKES[w.exercise][w.mistake].hint in hint, (w.id, hint)
