@@ -5,6 +5,7 @@ import math
 import pytest
 import torch
 import torch.distributed as dist  # noqa: F401 (the all-reduce answers below use it)
+from catalogue import Wrong, assert_complete, assert_passes, assert_rejected
 
 from lmkit.checks import ch12
 from lmkit.train import lm_loss
@@ -132,6 +133,50 @@ def test_accumulate_gradients_mistakes(changes, hint):
         ch12.check_accumulate_gradients(accumulate_factory(**changes))
 
 
+def whole_batch(model, x, y, K):  # no accumulation at all: the big batch itself
+    model.zero_grad(set_to_none=True)
+    loss = lm_loss(model(x), y)
+    loss.backward()
+    return loss.item()
+
+
+def one_backward(model, x, y, K):  # K forwards, then one backward: every activation kept
+    model.zero_grad(set_to_none=True)
+    loss = torch.stack([lm_loss(model(xk), yk) for xk, yk in zip(x.chunk(K), y.chunk(K))]).mean()
+    loss.backward()
+    return loss.item()
+
+
+def extra_forward(model, x, y, K):  # a grad-enabled forward of the whole batch for the loss
+    accumulate(model, x, y, K)
+    return lm_loss(model(x), y).item()
+
+
+def loss_without_grad(model, x, y, K):  # right: the forward under no_grad is not training
+    accumulate(model, x, y, K)
+    with torch.no_grad():
+        return lm_loss(model(x), y).item()
+
+
+ACCUM_ORDER_MISTAKES = [
+    (whole_batch, "whole batch in one forward and one backward"),
+    (one_backward, "you called backward once, after all K forward passes"),
+    (extra_forward, "expected K=2 rounds of \\(forward on B/K=4 windows, then backward\\)"),
+]
+
+
+@pytest.mark.parametrize("fn,hint", ACCUM_ORDER_MISTAKES, ids=lambda v: getattr(v, "__name__", ""))
+def test_accumulate_gradients_must_accumulate(fn, hint):
+    """Right gradients and loss are not enough: the micro-batches must run one at a time."""
+    with pytest.raises(AssertionError, match=hint):
+        ch12.check_accumulate_gradients(fn)
+
+
+def test_accumulate_gradients_allows_a_forward_without_grad(capsys):
+    ch12.check_accumulate_gradients(loss_without_grad)
+    assert "✓ accumulate_gradients" in capsys.readouterr().out
+
+
 # -------------------------------------------------------------- 3: all-reduce
 
 
@@ -211,7 +256,20 @@ def forgot_return(t):
     out /= dist.get_world_size()
 
 
+def to_float64(t):
+    out = t.double()
+    dist.all_reduce(out)
+    return out / dist.get_world_size()
+
+
+def divided_by_two(t):  # right on two processes only
+    out = t.clone()
+    dist.all_reduce(out)
+    return out / 2
+
+
 ALL_REDUCE_MISTAKES = [
+    (to_float64, "keep the input's dtype"),
     (summed, "SUM of the tensors"),
     (divided_twice, "world size twice"),
     (no_communication, "no communication"),
@@ -242,6 +300,17 @@ def test_all_reduce_mean_mistakes():
     assert hints[:2] == [None, None]
     for (fn, expected), hint in zip(ALL_REDUCE_MISTAKES, hints[2:]):
         assert hint is not None and __import__("re").search(expected, hint), (fn.__name__, hint)
+
+
+@pytest.mark.slow
+def test_all_reduce_mean_on_three_processes():
+    """A world size written in as 2 passes on two processes; the check also runs three."""
+    assert ch12.all_reduce_hints([all_reduce_mean, average_op, divided_by_two], world=3) == [
+        None, None, "right on 2 processes, but on 3 you divided the sum by 2: the number of "
+        "processes is dist.get_world_size(), do not write it in"]
+    assert ch12.all_reduce_hints([divided_by_two])[0] is None  # why two processes are not enough
+    with pytest.raises(AssertionError, match="on 3 you divided the sum by 2"):
+        ch12.check_all_reduce_mean(divided_by_two)
 
 
 # -------------------------------------------------------------- 4: profiler
@@ -297,3 +366,70 @@ def test_profile_summary(capsys):
 def test_profile_summary_mistakes(changes, hint):
     with pytest.raises(AssertionError, match=hint):
         ch12.check_profile_summary(lambda rows: summary(rows, **changes))
+
+
+# -------------------------------------------------------------- the catalogue (tests/catalogue.py)
+# Every wrong answer above, filed under the MISTAKES entry whose hint it must get.
+
+def _own(t):
+    return t.clone()
+
+
+_MEMORY_KEYS = ["no_grads", "bits", "half", "values", "megabytes", "not_divided", "ddp_divided",
+                "states_only", "adamw_one", "adamw_three", "momentum_two", "sgd_state"]
+_ACCUM_KEYS = ["times_K", "stale", "zero_inside", "zero_inside_undivided", "by_batch",
+               "first_only", "dim1", "loss_sum", "loss_last", "inplace"]
+_REDUCE_KEYS = ["sum", "twice", "no_comm", "inplace", "broadcast", "max", "reduce",
+                "element_mean", "shape", "by_rank", "no_return"]
+_PROFILE_KEYS = ["by_total", "units", "percent", "per_call", "only_mm", "no_addmm", "linear",
+                 "total_share", "top_total_self"]
+
+CATALOGUE = (
+    [Wrong("training_memory", k, memory_wrong(change))
+     for k, (change, _) in zip(_MEMORY_KEYS, MEMORY_MISTAKES, strict=True)]
+    + [Wrong("training_memory", "type", lambda n, o, w, s: f"{memory(n, o, w, s)} bytes")]
+    + [Wrong("accumulate_gradients", k, accumulate_factory(**changes))
+       for k, (changes, _) in zip(_ACCUM_KEYS, ACCUM_MISTAKES, strict=True)]
+    + [Wrong("accumulate_gradients", "one_pass", whole_batch),
+       Wrong("accumulate_gradients", "one_backward", one_backward),
+       Wrong("accumulate_gradients", "loss_type", lambda m, x, y, K: accumulate(m, x, y, K) and None)]
+    + [Wrong("all_reduce_mean", k, fn)
+       for k, (fn, _) in zip(_REDUCE_KEYS, ALL_REDUCE_MISTAKES[1:], strict=True)]
+    + [Wrong("all_reduce_mean", "dtype", to_float64), Wrong("all_reduce_mean", "own", _own),
+       Wrong("all_reduce_mean", "world_size", divided_by_two)]
+    + [Wrong("profile_summary", k, (lambda ch: lambda rows: summary(rows, **ch))(changes))
+       for k, (changes, _) in zip(_PROFILE_KEYS, PROFILE_MISTAKES, strict=True)]
+    + [Wrong("profile_summary", "microseconds", summary_us),
+       Wrong("profile_summary", "keys", lambda rows: list(summary(rows).values()))]
+)
+SOLUTIONS = {"training_memory": memory, "accumulate_gradients": accumulate,
+             "all_reduce_mean": all_reduce_mean, "profile_summary": summary}
+
+
+def test_catalogue_complete():
+    assert_complete(ch12, CATALOGUE, SOLUTIONS)
+
+
+@pytest.mark.parametrize("wrong", [w for w in CATALOGUE if w.exercise != "all_reduce_mean"],
+                         ids=lambda w: w.id)
+def test_wrong_answer_gets_its_hint(wrong):
+    assert_rejected(ch12, wrong)
+
+
+@pytest.mark.parametrize("exercise", ["training_memory", "accumulate_gradients",
+                                      "profile_summary"])
+def test_solution_passes_without_warnings(exercise, capsys):
+    assert_passes(ch12, exercise, SOLUTIONS[exercise], capsys)
+
+
+@pytest.mark.slow
+def test_all_reduce_catalogue_gets_its_hints():
+    """The all-reduce answers run together (one group of processes per world size, rather than
+    one per answer); each must get its table hint."""
+    wrong = [w for w in CATALOGUE if w.exercise == "all_reduce_mean"]
+    two = [w for w in wrong if w.mistake != "world_size"]
+    three = [w for w in wrong if w.mistake == "world_size"]
+    for w, hint in zip(two, ch12.all_reduce_hints([w.fn for w in two])):
+        assert hint is not None and ch12.MISTAKES[w.exercise][w.mistake].hint in hint, (w.id, hint)
+    for w, hint in zip(three, ch12.all_reduce_hints([w.fn for w in three], world=3)):
+        assert hint is not None and ch12.MISTAKES[w.exercise][w.mistake].hint in hint, (w.id, hint)
