@@ -191,7 +191,8 @@ def test_wordpiece_catalogue_variants_differ_from_the_right_answer():
                 lambda w, v: ch10._greedy(w, v, prefix_first=True),
                 lambda w, v: ch10._greedy(w, v, on_fail="piece_unk"),
                 lambda w, v: ch10._greedy(w, v, on_fail="skip"),
-                lambda w, v: ch10._greedy(w, v, on_fail="empty")]
+                lambda w, v: ch10._greedy(w, v, on_fail="empty"),
+                lambda w, v: ch10._greedy(w, v, on_fail="prefix_unk")]
     for v in variants:
         assert any(v(w, ch10._VOCAB) != wordpiece(w, ch10._VOCAB) for w in ch10._WORDS)
     assert ch10._greedy("unaffable", ch10._VOCAB) == wordpiece("unaffable", ch10._VOCAB)
@@ -269,3 +270,69 @@ def test_cosine_top_k(capsys):
     ]
     for wrong, hint in catalogue:
         rejects(ch10.check_cosine_top_k, wrong, hint)
+
+
+# ----------------------------------------------------------------------------- review (rev0910)
+
+
+def lengths_mask(m):  # assumes the padding is at the end
+    B, T = m.shape
+    return (torch.arange(T)[None, None, :] < m.sum(1)[:, None, None]).expand(B, T, T)
+
+
+def pool_by_length(h, m):  # assumes the padding is at the end
+    return torch.stack([h[b, : int(n)].mean(0) for b, n in enumerate(m.sum(1))])
+
+
+def masking_le(select=False, kind=False):
+    def fn(ids, u1, u2, rnd, mask_id, p):
+        chosen = u1 <= p if select else u1 < p
+        first = u2 <= 0.8 if kind else u2 < 0.8
+        second = ((u2 > 0.8) & (u2 <= 0.9)) if kind else ((u2 >= 0.8) & (u2 < 0.9))
+        x = ids.clone()
+        x[chosen & first] = mask_id
+        x[chosen & second] = rnd[chosen & second]
+        return x, torch.where(chosen, ids, torch.full_like(ids, -100))
+    return fn
+
+
+def pieces_then_unk(word, vocab):  # keeps the pieces found before the failure
+    pieces, start = [], 0
+    while start < len(word):
+        end = len(word)
+        while end > start:
+            piece = word[start:end] if start == 0 else "##" + word[start:end]
+            if piece in vocab:
+                break
+            end -= 1
+        if end == start:
+            return pieces + ["[UNK]"]
+        pieces.append(piece)
+        start = end
+    return pieces
+
+
+def padding_queries_see_themselves(m):  # a bool mask the checker has no hint for
+    T = m.shape[1]
+    return (m.bool()[:, :, None] & m.bool()[:, None, :]) | torch.eye(T, dtype=torch.bool)
+
+
+@pytest.mark.parametrize("check, wrong, hint", [
+    (ch10.check_bidirectional_mask, lengths_mask, "padded on the LEFT"),
+    (ch10.check_mean_pool, pool_by_length, "padded on the LEFT"),
+    (ch10.check_mlm_masking, masking_le(select=True), "u_select exactly p was chosen"),
+    (ch10.check_mlm_masking, masking_le(kind=True), "the boundaries of u_kind"),
+    (ch10.check_wordpiece_greedy, pieces_then_unk, "drop the pieces you found before it"),
+    (ch10.check_bidirectional_mask, padding_queries_see_themselves, "wrong values"),
+], ids=["mask-right-padding-only", "pool-right-padding-only", "select-boundary",
+        "kind-boundaries", "pieces-then-unk", "unknown-bool-mask-no-crash"])
+def test_review_wrong_answers(check, wrong, hint):
+    rejects(check, wrong, hint)
+
+
+def test_left_padding_right_answers_pass(capsys):
+    ch10.check_bidirectional_mask(bidirectional_mask)
+    ch10.check_mean_pool(mean_pool)
+    ch10.check_mlm_masking(mlm_masking)
+    ch10.check_wordpiece_greedy(wordpiece_greedy)
+    assert capsys.readouterr().out.count("✓") == 4

@@ -15,8 +15,14 @@ __all__ = ["check_bidirectional_mask", "check_mlm_masking", "check_wordpiece_gre
            "check_mean_pool", "check_cosine_top_k"]
 
 
-def _padding(lengths: list[int], T: int) -> Tensor:
-    return (torch.arange(T)[None, :] < torch.tensor(lengths)[:, None]).long()  # (B, T)
+def _padding(lengths: list[int], T: int, left: bool = False) -> Tensor:
+    m = (torch.arange(T)[None, :] < torch.tensor(lengths)[:, None]).long()  # (B, T)
+    return m.flip(1) if left else m  # left padding: the real tokens at the end
+
+
+_RIGHT_ONLY = ("padding is not always at the end: this batch is padded on the LEFT (as some "
+               "tokenizers do), so the first attention_mask.sum() positions are not the real "
+               "ones. Use attention_mask itself, position by position, not the lengths")
 
 
 # ----------------------------------------------------------------------------- exercise 1
@@ -58,14 +64,16 @@ def _wrong_masks(m: Tensor) -> list[tuple[Tensor, str]]:
 
 def check_bidirectional_mask(fn) -> None:
     """Exercise 1: fn(attention_mask (B, T) of 0/1) -> boolean (B, T, T), True = may attend."""
-    cases = [([4, 2, 3], 4), ([5], 5), ([1, 6], 6), ([3, 3], 3), ([2, 7, 5, 1], 7)]
-    for lengths, T in cases:
-        m = _padding(lengths, T)
+    cases = [([4, 2, 3], 4, False), ([5], 5, False), ([1, 6], 6, False), ([3, 3], 3, False),
+             ([2, 7, 5, 1], 7, False), ([2, 4, 3], 4, True)]
+    for lengths, T, left in cases:
+        m = _padding(lengths, T, left)
         before = m.clone()
         got = call_tensors(fn, m, name="bidirectional_mask")
         unchanged("bidirectional_mask", [before], [m], "attention_mask")
         want = m.bool()[:, None, :].expand(len(lengths), T, T)
-        case = f"attention_mask of shape {tuple(m.shape)} (real lengths {lengths})"
+        case = (f"attention_mask of shape {tuple(m.shape)} (real lengths {lengths}"
+                + (", padded on the left)" if left else ")"))
         if isinstance(got, Tensor) and got.dtype != torch.bool and got.shape == want.shape:
             if torch.equal(got.bool(), want) or torch.equal(got.ne(0), want):
                 fail(f"bidirectional_mask on {case}: the values are right but the dtype is "
@@ -75,7 +83,14 @@ def check_bidirectional_mask(fn) -> None:
             fail(f"bidirectional_mask on {case}: expected shape (B, T, T) = "
                  f"{(len(lengths), T, T)}, got {shape_of(got)}: one row per query i and one "
                  "column per key j (use expand, or compare against a (B, 1, T) view)")
-        compare("bidirectional_mask", case, got, want, _wrong_masks(m),
+        mistakes = _wrong_masks(m)
+        if left:
+            mistakes.append((_padding(lengths, T).bool()[:, None, :].expand(len(lengths), T, T),
+                             _RIGHT_ONLY))
+        if isinstance(got, Tensor) and got.dtype == torch.bool:  # compare as 0/1: a bool
+            got, want = got.long(), want.long()  # tensor cannot be subtracted for the message
+            mistakes = [(w.long(), hint) for w, hint in mistakes]
+        compare("bidirectional_mask", case, got, want, mistakes,
                 shape_hint="One (T, T) matrix per sequence: [b, i, j] says whether query i "
                            "may attend to key j.")
     passed("bidirectional_mask", len(cases))
@@ -100,7 +115,16 @@ def _wrong_maskings(ids, u1, u2, rnd, mask_id, p):
     sel = (u2 >= 0.8) & (u2 < 0.9)
     rand_all[sel] = rnd[sel]
     inv_in, inv_lab = apply_masking(ids, 1 - u1, u2, rnd, mask_id, 1 - p)
+    le_select = _masking_le(ids, u1, u2, rnd, mask_id, p, select=True)
+    le_kind = _masking_le(ids, u1, u2, rnd, mask_id, p, kind=True)
     return [
+        (le_select,
+         "a position with u_select exactly p was chosen: the rule is strict, u_select < p "
+         "(u_select <= p chooses one position too many now and then)"),
+        (le_kind,
+         "the boundaries of u_kind: [MASK] when u_kind < 0.8 (strictly), a random token when "
+         "0.8 <= u_kind < 0.9, so u_kind == 0.8 gets a random token and u_kind == 0.9 stays "
+         "unchanged"),
         ((right_in, ids),
          "labels: every position keeps its token, so the loss would count the positions the "
          "model can simply copy. Put -100 where nothing was chosen"),
@@ -130,6 +154,17 @@ def _wrong_maskings(ids, u1, u2, rnd, mask_id, p):
     ]
 
 
+def _masking_le(ids, u1, u2, rnd, mask_id, p, select=False, kind=False):
+    """The masking rule with <= where it says < (the boundary slips)."""
+    chosen = u1 <= p if select else u1 < p
+    first = u2 <= 0.8 if kind else u2 < 0.8
+    second = ((u2 > 0.8) & (u2 <= 0.9)) if kind else ((u2 >= 0.8) & (u2 < 0.9))
+    inputs = ids.clone()
+    inputs[chosen & first] = mask_id
+    inputs[chosen & second] = rnd[chosen & second]
+    return inputs, torch.where(chosen, ids, torch.full_like(ids, IGNORE_INDEX))
+
+
 def check_mlm_masking(fn) -> None:
     """Exercise 2: fn(ids, u_select, u_kind, random_ids, mask_id, p) -> (inputs, labels)."""
     g = torch.Generator().manual_seed(0)
@@ -137,6 +172,11 @@ def check_mlm_masking(fn) -> None:
     for B, T, V, p in cases:
         ids = torch.randint(1, V, (B, T), generator=g)
         u1, u2 = torch.rand(B, T, generator=g), torch.rand(B, T, generator=g)
+        # the boundaries exactly: u_select == p (not chosen); chosen with u_kind == 0.8 (a
+        # random token) and u_kind == 0.9 (unchanged)
+        u1[0, 0], u2[0, 0] = p, 0.5
+        u1[0, 1], u2[0, 1] = 0.0, 0.8
+        u1[0, 2], u2[0, 2] = 0.0, 0.9
         rnd = torch.randint(1, V, (B, T), generator=g)
         mask_id = 0
         args = [ids, u1, u2, rnd]
@@ -199,6 +239,8 @@ def _greedy(word, vocab, prefix_first=False, prefix_rest=True, on_fail="unk"):
                 return ["[UNK]"]
             if on_fail == "empty":
                 return []
+            if on_fail == "prefix_unk":
+                return pieces + ["[UNK]"]
             if on_fail == "piece_unk":
                 pieces.append("[UNK]")
             start += 1  # "skip" and "piece_unk" go on after the character
@@ -229,7 +271,7 @@ _VOCAB = {"[UNK]", "un", "una", "##aff", "##able", "##ffable", "##a", "##f", "##
           "aff", "able", "b", "##p", "x", "##x", "##yer"}
 
 _WORDS = ["unaffable", "playing", "plays", "player", "a", "unx", "zebra", "aaa", "play",
-          "playingx", "fab", "x" * 30, "pax"]
+          "playingx", "fab", "x" * 30, "pax", "playz"]
 
 
 def check_wordpiece_greedy(fn) -> None:
@@ -249,6 +291,9 @@ def check_wordpiece_greedy(fn) -> None:
          "you skipped the character that matched nothing; then the whole word is ['[UNK]']"),
         (lambda w, v: _greedy(w, v, on_fail="empty"),
          "a word with no full cut becomes ['[UNK]'], not an empty list"),
+        (lambda w, v: _greedy(w, v, on_fail="prefix_unk"),
+         "when a later part of the word matches nothing, the whole word is ['[UNK]']: drop the "
+         "pieces you found before it"),
         (_right_to_left, "you matched from the end of the word; WordPiece reads left to right, "
                          "longest prefix first"),
         (lambda w, v: [w] if w in v else ["[UNK]"],
@@ -286,10 +331,11 @@ def check_wordpiece_greedy(fn) -> None:
 def check_mean_pool(fn) -> None:
     """Exercise 4: fn(h (B, T, C), attention_mask (B, T)) -> mean over real tokens, (B, C)."""
     g = torch.Generator().manual_seed(0)
-    cases = [([5, 2, 3], 5, 4), ([4], 4, 3), ([1, 6], 6, 8), ([3, 3, 1, 2], 3, 5)]
-    for lengths, T, C in cases:
+    cases = [([5, 2, 3], 5, 4, False), ([4], 4, 3, False), ([1, 6], 6, 8, False),
+             ([3, 3, 1, 2], 3, 5, False), ([2, 5, 3], 5, 4, True)]
+    for lengths, T, C, left in cases:
         h = torch.randn(len(lengths), T, C, generator=g) + 1.0
-        m = _padding(lengths, T)
+        m = _padding(lengths, T, left)
         before = [h.clone(), m.clone()]
         got = call_tensors(fn, h, m, name="mean_pool")
         unchanged("mean_pool", before, [h, m], "h *= mask; compute h * mask instead")
@@ -314,7 +360,11 @@ def check_mean_pool(fn) -> None:
             (F.normalize(want, dim=-1), "right mean, but you also L2-normalised it; return the "
                                         "mean itself (sentence_embeddings normalises after)"),
         ]
-        case = f"h of shape {(len(lengths), T, C)}, real lengths {lengths}"
+        if left:
+            mistakes.append((torch.stack([h[b, :n].mean(0) for b, n in enumerate(lengths)]),
+                             _RIGHT_ONLY))
+        case = (f"h of shape {(len(lengths), T, C)}, real lengths {lengths}"
+                + (", padded on the left" if left else ""))
         compare("mean_pool", case, got, want, mistakes,
                 shape_hint="One vector per sequence: average over dim 1 (the positions).")
     passed("mean_pool", len(cases))
