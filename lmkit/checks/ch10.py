@@ -90,11 +90,11 @@ MISTAKES: dict[str, dict[str, Mistake]] = {
                              "the u_kind test with the chosen positions (u_select < p)"),
         "over_p": M("choosing u_select >= p", "you chose the positions with u_select >= p "
                                               "(85% of them); choose u_select < p"),
-        "le_select": M("u_select <= p (the boundary)",
+        "le_select": M("choosing u_select <= p (the boundary)",
                        "a position with u_select exactly p was chosen: the rule is strict, "
                        "u_select < p (u_select <= p chooses one position too many now and "
                        "then)"),
-        "le_kind": M("u_kind <= 0.8 and <= 0.9 (the boundaries)",
+        "le_kind": M("testing u_kind <= 0.8 and <= 0.9 (the boundaries)",
                      "the boundaries of u_kind: [MASK] when u_kind < 0.8 (strictly), a random "
                      "token when 0.8 <= u_kind < 0.9, so u_kind == 0.8 gets a random token and "
                      "u_kind == 0.9 stays unchanged"),
