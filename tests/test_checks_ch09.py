@@ -1,36 +1,22 @@
-"""The chapter 09 checkers accept right answers and reject typical mistakes with a useful hint."""
+"""The chapter 09 checkers pass correct answers and reject a catalogue of wrong ones, each with
+the hint meant for it (tests/catalogue.py explains the pattern)."""
 
 import math
 
 import pytest
 import torch
+from catalogue import Wrong, assert_complete, assert_passes, assert_rejected, assert_stub_raises
 
 from lmkit.checks import ch09
 
-
-def stub(*args):
-    raise NotImplementedError("exercise not solved yet")
+# ----------------------------------------------------------------- exercise 1: rope_rotate
 
 
-@pytest.mark.parametrize("check", [ch09.check_rope_rotate, ch09.check_offset_scores,
-                                   ch09.check_repeat_kv, ch09.check_rolling_update,
-                                   ch09.check_merge_blocks, ch09.check_to_half_layout])
-def test_stub_fails(check):
-    with pytest.raises(NotImplementedError):
-        check(stub)
-
-
-def rejects(check, fn, hint):
-    with pytest.raises(AssertionError, match=hint):
-        check(fn)
-
-
-# ----------------------------------------------------------------------------- 1 RoPE
-
-
-def rope(x, pos, theta, sign=1, exponent=2, layout="pairs", write_back="stack", swap=False):
+def rope(x, pos, theta, sign=1, exponent=2, layout="pairs", write_back="stack", swap=False,
+         freqs=None):
     D = x.shape[-1]
-    freqs = theta ** (-exponent * torch.arange(D // 2) / D)
+    if freqs is None:
+        freqs = theta ** (-exponent * torch.arange(D // 2) / D)
     ang = sign * pos[:, None].float() * freqs
     c, s = (ang.sin(), ang.cos()) if swap else (ang.cos(), ang.sin())
     a, b = (x[:, 0::2], x[:, 1::2]) if layout == "pairs" else (x[:, : D // 2], x[:, D // 2 :])
@@ -40,123 +26,147 @@ def rope(x, pos, theta, sign=1, exponent=2, layout="pairs", write_back="stack", 
     return torch.cat((a2, b2), -1)
 
 
-def test_rope_rotate(capsys):
-    ch09.check_rope_rotate(rope)
-    assert "✓ rope_rotate" in capsys.readouterr().out
-    c = ch09.check_rope_rotate
-    rejects(c, lambda x, p, t: rope(x, p, t, sign=-1), "rotate the wrong way")
-    rejects(c, lambda x, p, t: rope(x, p, t, layout="half"), "half-split layout")
-    rejects(c, lambda x, p, t: rope(x, p, t, exponent=1), r"not theta\^\(-i/D\)")
-    rejects(c, lambda x, p, t: rope(x, p, t, exponent=-2), "grow instead of shrinking")
-    rejects(c, lambda x, p, t: rope(x, torch.ones_like(p), t), "same angle")
-    rejects(c, lambda x, p, t: rope(x, p + 1, t), "one position too far")
-    rejects(c, lambda x, p, t: rope(x, p, 10000.0), "ignore `theta`")
-    rejects(c, lambda x, p, t: rope(x, p, t, swap=True), "cos and sin are swapped")
-    rejects(c, lambda x, p, t: rope(x, p, t, write_back="cat"), "put each pair back in place")
-    rejects(c, lambda x, p, t: rope(x, p, t)[:, :-1], r"expected shape")
-
-    def in_place(x, p, t):
-        x.mul_(1.0).add_(1.0)
-        return rope(x - 1, p, t)
-
-    rejects(c, in_place, "changed one of its input tensors in place")
+def rope_in_place(x, pos, theta):
+    x.mul_(1.0).add_(1.0)
+    return rope(x - 1, pos, theta)
 
 
-# ----------------------------------------------------------------------------- 2 offsets
+def arange_step_two(x, pos, theta):  # torch.arange(0, D, 2) is 2i already; times 2 again
+    D = x.shape[-1]
+    return rope(x, pos, theta, freqs=theta ** (-2 * torch.arange(0, D, 2) / D))
 
 
-def offset_scores(q, k, offset, n_max, theta, **kw):
+W1 = [
+    Wrong("rope_rotate", "direction", lambda x, p, t: rope(x, p, t, sign=-1)),
+    Wrong("rope_rotate", "half", lambda x, p, t: rope(x, p, t, layout="half")),
+    Wrong("rope_rotate", "freq_i", lambda x, p, t: rope(x, p, t, exponent=1)),
+    Wrong("rope_rotate", "freq_4i", arange_step_two),
+    Wrong("rope_rotate", "freq_sign", lambda x, p, t: rope(x, p, t, exponent=-2)),
+    Wrong("rope_rotate", "same_angle", lambda x, p, t: rope(x, torch.ones_like(p), t)),
+    Wrong("rope_rotate", "row_index", lambda x, p, t: rope(x, torch.arange(x.shape[0]), t)),
+    Wrong("rope_rotate", "plus_one", lambda x, p, t: rope(x, p + 1, t)),
+    Wrong("rope_rotate", "theta", lambda x, p, t: rope(x, p, 10000.0)),
+    Wrong("rope_rotate", "cos_sin", lambda x, p, t: rope(x, p, t, swap=True)),
+    Wrong("rope_rotate", "write_back", lambda x, p, t: rope(x, p, t, write_back="cat")),
+    Wrong("rope_rotate", "shape", lambda x, p, t: rope(x, p, t)[:, :-1]),
+    Wrong("rope_rotate", "inplace", rope_in_place),
+]
+
+# ----------------------------------------------------------------- exercise 2: rope_scores
+
+
+def rope_scores(q, k, n_max, theta, q_start=0, rotate_q=True, rotate_k=True, **kw):
     n = torch.arange(n_max)
-    qs = rope(q.expand(n_max, -1), n + offset, theta, **kw)
-    ks = rope(k.expand(n_max, -1), n, theta, **kw)
-    return (qs * ks).sum(-1)
+    Q, K = q.expand(n_max, -1), k.expand(n_max, -1)
+    if rotate_q:
+        Q = rope(Q, n + q_start, theta, **kw)
+    if rotate_k:
+        K = rope(K, n, theta, **kw)
+    return Q @ K.T
 
 
-def test_offset_scores(capsys):
-    ch09.check_offset_scores(offset_scores)
-    assert "✓ offset_scores" in capsys.readouterr().out
-    c = ch09.check_offset_scores
-    rejects(c, lambda q, k, o, n, t: offset_scores(q, k, o, n, t) / math.sqrt(q.numel()),
-            r"divided by sqrt\(D\)")
-    rejects(c, lambda q, k, o, n, t: offset_scores(k, q, o, n, t).flip(0) * 0
-            + offset_scores_swapped(q, k, o, n, t), "positions are swapped")
-    rejects(c, lambda q, k, o, n, t: (q * k).sum().expand(n).clone(), "forgot to rotate")
-    rejects(c, lambda q, k, o, n, t: (rope(q.expand(n, -1), torch.full((n,), o), t)
-                                       * rope(k.expand(n, -1), torch.arange(n), t)).sum(-1),
-            "always sits at position `offset`")
-    rejects(c, lambda q, k, o, n, t: (rope(q.expand(n, -1), torch.arange(n) + o, t)
-                                       * k).sum(-1), "only q was rotated")
-    rejects(c, lambda q, k, o, n, t: offset_scores(q, k, o, n, t, layout="half"),
-            "half-split layout")
-    rejects(c, lambda q, k, o, n, t: offset_scores(q, k, o, n, 10000.0), "ignore `theta`")
-    rejects(c, lambda q, k, o, n, t: (rope(q.expand(n, -1), torch.arange(n) + o, t)
-                                       + rope(k.expand(n, -1), torch.arange(n), t)).sum(-1),
-            "not a sum of the two vectors")
-    rejects(c, lambda q, k, o, n, t: offset_scores(q, k, o, n, t).tolist(),
-            "should return a torch.Tensor")
+def one_score_repeated(q, k, n_max, theta):  # leans on the property it should show
+    s = rope(q[None], torch.tensor([0]), theta) @ rope(k[None], torch.tensor([0]), theta).T
+    return s.expand(n_max, n_max)
 
 
-def offset_scores_swapped(q, k, offset, n_max, theta):
+def scores_in_place(q, k, n_max, theta):
+    q /= 1.0 + q.norm()
+    return rope_scores(q * (1.0 + 0.0), k, n_max, theta)
+
+
+def same_position(q, k, n_max, theta):  # rot(q, m) . rot(k, m) for every column
     n = torch.arange(n_max)
-    return (rope(q.expand(n_max, -1), n, theta) * rope(k.expand(n_max, -1), n + offset, theta)
-            ).sum(-1)
+    d = (rope(q.expand(n_max, -1), n, theta) * rope(k.expand(n_max, -1), n, theta)).sum(-1)
+    return d[:, None].expand(n_max, n_max)
 
 
-# ----------------------------------------------------------------------------- 3 repeat_kv
+def vector_sum(q, k, n_max, theta):
+    n = torch.arange(n_max)
+    Q, K = rope(q.expand(n_max, -1), n, theta), rope(k.expand(n_max, -1), n, theta)
+    return (Q[:, None] + K[None]).sum(-1)
 
 
-def test_repeat_kv(capsys):
-    c = ch09.check_repeat_kv
-    c(lambda x, n: x.repeat_interleave(n, dim=1))
-    c(lambda x, n: x[:, :, None].expand(-1, -1, n, -1, -1).reshape(
-        x.shape[0], -1, *x.shape[2:]))
-    assert "✓ repeat_kv" in capsys.readouterr().out
-    rejects(c, lambda x, n: x.repeat(1, n, 1, 1), r"tiled \(0, 1, 0, 1")
-    rejects(c, lambda x, n: x[:, None].expand(-1, n, -1, -1, -1).reshape(
-        x.shape[0], -1, *x.shape[2:]), r"tiled \(0, 1, 0, 1")
-    rejects(c, lambda x, n: x.repeat_interleave(n, dim=0), "along dim 0")
-    rejects(c, lambda x, n: x.repeat_interleave(n, dim=2), "along dim 2")
-    rejects(c, lambda x, n: x.repeat_interleave(n, dim=3), "along dim 3")
-    rejects(c, lambda x, n: x.repeat_interleave(n, dim=1).transpose(1, 2), r"\(B, T, H, D\)")
-    rejects(c, lambda x, n: x.repeat_interleave(n * n, dim=1), r"n_rep\*\*2")
-    rejects(c, lambda x, n: x.clone(), "not repeated at all")
-    rejects(c, lambda x, n: x.flip(1).repeat_interleave(n, dim=1), "reverse order")
-    rejects(c, lambda x, n: [x] * n, "should return a torch.Tensor")
+W2 = [
+    Wrong("rope_scores", "scaled", lambda q, k, n, t: rope_scores(q, k, n, t) / math.sqrt(
+        q.numel())),
+    Wrong("rope_scores", "swapped", lambda q, k, n, t: rope_scores(q, k, n, t).T),
+    Wrong("rope_scores", "no_rotation", lambda q, k, n, t: rope_scores(
+        q, k, n, t, rotate_q=False, rotate_k=False)),
+    Wrong("rope_scores", "no_rotation", one_score_repeated),
+    Wrong("rope_scores", "no_rotation", same_position),
+    Wrong("rope_scores", "q_only", lambda q, k, n, t: rope_scores(q, k, n, t, rotate_k=False)),
+    Wrong("rope_scores", "k_only", lambda q, k, n, t: rope_scores(q, k, n, t, rotate_q=False)),
+    Wrong("rope_scores", "half", lambda q, k, n, t: rope_scores(q, k, n, t, layout="half")),
+    Wrong("rope_scores", "theta", lambda q, k, n, t: rope_scores(q, k, n, 10000.0)),
+    Wrong("rope_scores", "sum", vector_sum),
+    Wrong("rope_scores", "shift", lambda q, k, n, t: rope_scores(q, k, n, t, q_start=1)),
+    Wrong("rope_scores", "diagonal", lambda q, k, n, t: rope_scores(q, k, n, t).diagonal()),
+    Wrong("rope_scores", "no_return", lambda q, k, n, t: None),
+    Wrong("rope_scores", "inplace", scores_in_place),
+]
+
+# ----------------------------------------------------------------- exercise 3: repeat_kv
 
 
-# ----------------------------------------------------------------------------- 4 rolling cache
+def repeat_in_place(x, n):
+    x.mul_(2.0)
+    return (x / 2).repeat_interleave(n, dim=1)
 
 
-def rolling(cache, new, window):
+W3 = [
+    Wrong("repeat_kv", "tiled", lambda x, n: x.repeat(1, n, 1, 1)),
+    Wrong("repeat_kv", "tiled", lambda x, n: x[:, None].expand(-1, n, -1, -1, -1).reshape(
+        x.shape[0], -1, *x.shape[2:])),
+    Wrong("repeat_kv", "tiled", lambda x, n: torch.cat([x] * n, dim=1)),
+    Wrong("repeat_kv", "reversed", lambda x, n: x.flip(1).repeat_interleave(n, dim=1)),
+    Wrong("repeat_kv", "dim0", lambda x, n: x.repeat_interleave(n, dim=0)),
+    Wrong("repeat_kv", "dim2", lambda x, n: x.repeat_interleave(n, dim=2)),
+    Wrong("repeat_kv", "dim3", lambda x, n: x.repeat_interleave(n, dim=3)),
+    Wrong("repeat_kv", "bthd", lambda x, n: x.repeat_interleave(n, dim=1).transpose(1, 2)),
+    Wrong("repeat_kv", "squared", lambda x, n: x.repeat_interleave(n * n, dim=1)),
+    Wrong("repeat_kv", "not_repeated", lambda x, n: x.clone()),
+    Wrong("repeat_kv", "inplace", repeat_in_place),
+]
+
+# ----------------------------------------------------------------- exercise 4: rolling_update
+
+
+def rolling(cache, new, window, keep_of=lambda S, T, w: min(w - 1, S + T)):
     keys = torch.cat((cache, new), dim=2)
-    keep = min(window - 1, keys.shape[2])
+    keep = keep_of(cache.shape[2], new.shape[2], window)
     return keys, keys[:, :, keys.shape[2] - keep :]
 
 
-def test_rolling_update(capsys):
-    c = ch09.check_rolling_update
-    c(rolling)
-    assert "✓ rolling_update" in capsys.readouterr().out
-    rejects(c, lambda cache, new, w: (torch.cat((new, cache), 2), rolling(cache, new, w)[1]),
-            "cached positions first")
-    rejects(c, lambda cache, new, w: (rolling(cache, new, w)[1],) * 2, "were trimmed")
-    rejects(c, lambda cache, new, w: (new, rolling(cache, new, w)[1]), "also attend")
-    rejects(c, lambda cache, new, w: (torch.cat((cache, new), 2),
-                                      torch.cat((cache, new), 2)[:, :, : w - 1]),
-            "kept the oldest")
-    rejects(c, lambda cache, new, w: (torch.cat((cache, new), 2),
-                                      torch.cat((cache, new), 2)[:, :, -w:]), "kept window")
-    rejects(c, lambda cache, new, w: (torch.cat((cache, new), 2),) * 2, "nothing was dropped")
-    rejects(c, lambda cache, new, w: (torch.cat((cache, new), 2), new[:, :, -(w - 1):]
-                                      if w > 1 else new[:, :, :0]), "only the new positions")
-    rejects(c, lambda cache, new, w: (torch.cat((cache, new), 2),
-                                      torch.cat((cache, new), 2)[:, :, -(w - 1):]),
-            r"x\[:, :, -0:\]")
-    rejects(c, lambda cache, new, w: torch.cat((cache, new), 2), "should return a pair")
-    rejects(c, lambda cache, new, w: (torch.cat((cache, new), 1), new), "along dim 2")
+def both(cache, new):
+    return torch.cat((cache, new), 2)
 
 
-# ----------------------------------------------------------------------------- 5 online softmax
+def rolling_in_place(cache, new, window):
+    new.mul_(1.0).add_(0.5)
+    return rolling(cache, new - 0.5, window)
+
+
+W4 = [
+    Wrong("rolling_update", "keys_order", lambda c, n, w: (torch.cat((n, c), 2),
+                                                          rolling(c, n, w)[1])),
+    Wrong("rolling_update", "keys_trimmed", lambda c, n, w: (rolling(c, n, w)[1],) * 2),
+    Wrong("rolling_update", "keys_new_only", lambda c, n, w: (n, rolling(c, n, w)[1])),
+    Wrong("rolling_update", "oldest", lambda c, n, w: (both(c, n), both(c, n)[:, :, : w - 1])),
+    Wrong("rolling_update", "window", lambda c, n, w: (both(c, n), both(c, n)[:, :, -w:])),
+    Wrong("rolling_update", "unbounded", lambda c, n, w: (both(c, n),) * 2),
+    Wrong("rolling_update", "new_only", lambda c, n, w: (both(c, n), n[:, :, -(w - 1):]
+                                                         if w > 1 else n[:, :, :0])),
+    Wrong("rolling_update", "one_step", lambda c, n, w: rolling(
+        c, n, w, keep_of=lambda S, T, w: min(w - 1, S + 1))),
+    Wrong("rolling_update", "minus_zero", lambda c, n, w: (both(c, n),
+                                                          both(c, n)[:, :, -(w - 1):])),
+    Wrong("rolling_update", "not_pair", lambda c, n, w: both(c, n)),
+    Wrong("rolling_update", "cat_dim", lambda c, n, w: (torch.cat((c, n), 1), n)),
+    Wrong("rolling_update", "inplace", rolling_in_place),
+]
+
+# ----------------------------------------------------------------- exercise 5: merge_blocks
 
 
 def merge(m1, l1, o1, m2, l2, o2):
@@ -165,58 +175,74 @@ def merge(m1, l1, o1, m2, l2, o2):
     return m, a1 * l1 + a2 * l2, a1 * o1 + a2 * o2
 
 
-def test_merge_blocks(capsys):
-    c = ch09.check_merge_blocks
-    c(merge)
-    assert "✓ merge_blocks" in capsys.readouterr().out
-
-    def no_rescale(m1, l1, o1, m2, l2, o2):
-        return torch.maximum(m1, m2), l1 + l2, o1 + o2
-
-    def upside_down(m1, l1, o1, m2, l2, o2):
-        m = torch.maximum(m1, m2)
-        return m, torch.exp(m - m1) * l1 + torch.exp(m - m2) * l2, o1 + o2
-
-    def raw_exp(m1, l1, o1, m2, l2, o2):  # exp(m) alone overflows at scores of 1000
-        e1, e2 = torch.exp(m1), torch.exp(m2)
-        m = torch.maximum(m1, m2)
-        return m, (e1 * l1 + e2 * l2) / torch.exp(m), (e1 * o1 + e2 * o2) / torch.exp(m)
-
-    def only_second(m1, l1, o1, m2, l2, o2):
-        m = torch.maximum(m1, m2)
-        return m, l1 + torch.exp(m2 - m) * l2, o1 + torch.exp(m2 - m) * o2
-
-    def only_first(m1, l1, o1, m2, l2, o2):
-        m = torch.maximum(m1, m2)
-        return m, torch.exp(m1 - m) * l1 + l2, torch.exp(m1 - m) * o1 + o2
-
-    def normalised(*args):
-        m, l, o = merge(*args)  # noqa: E741
-        return m, l, o / l
-
-    def o_half_rescaled(*args):
-        m, l, _ = merge(*args)  # noqa: E741
-        m1, _, o1, _, _, o2 = args
-        return m, l, torch.exp(m1 - m) * o1 + o2
-
-    rejects(c, no_rescale, "without rescaling")
-    rejects(c, upside_down, "upside down")
-    rejects(c, raw_exp, "NaN or inf")
-    rejects(c, only_second, "only the second block was rescaled")
-    rejects(c, only_first, "only the first block was rescaled")
-    rejects(c, lambda m1, l1, o1, m2, l2, o2: (torch.minimum(m1, m2),) + merge(
-        m1, l1, o1, m2, l2, o2)[1:], "not the minimum")
-    rejects(c, lambda m1, l1, o1, m2, l2, o2: (m1 + m2,) + merge(m1, l1, o1, m2, l2, o2)[1:],
-            "not their sum")
-    rejects(c, lambda m1, l1, o1, m2, l2, o2: (m1,) + merge(m1, l1, o1, m2, l2, o2)[1:],
-            "can hold larger scores")
-    rejects(c, lambda *a: (merge(*a)[0], (a[1] + a[4]) / 2, merge(*a)[2]), "not averaged")
-    rejects(c, normalised, "un-normalised")
-    rejects(c, o_half_rescaled, "o2 needs")
-    rejects(c, lambda *a: merge(*a)[:2], "should return a triple")
+def no_rescale(m1, l1, o1, m2, l2, o2):
+    return torch.maximum(m1, m2), l1 + l2, o1 + o2
 
 
-# ----------------------------------------------------------------------------- 6 layouts
+def upside_down(m1, l1, o1, m2, l2, o2):
+    m = torch.maximum(m1, m2)
+    return m, torch.exp(m - m1) * l1 + torch.exp(m - m2) * l2, o1 + o2
+
+
+def raw_exp(m1, l1, o1, m2, l2, o2):  # exp(m) alone overflows at scores of 1000
+    e1, e2 = torch.exp(m1), torch.exp(m2)
+    m = torch.maximum(m1, m2)
+    return m, (e1 * l1 + e2 * l2) / torch.exp(m), (e1 * o1 + e2 * o2) / torch.exp(m)
+
+
+def only_second(m1, l1, o1, m2, l2, o2):
+    m = torch.maximum(m1, m2)
+    return m, l1 + torch.exp(m2 - m) * l2, o1 + torch.exp(m2 - m) * o2
+
+
+def only_first(m1, l1, o1, m2, l2, o2):
+    m = torch.maximum(m1, m2)
+    return m, torch.exp(m1 - m) * l1 + l2, torch.exp(m1 - m) * o1 + o2
+
+
+def normalised(*args):
+    m, l, o = merge(*args)  # noqa: E741
+    return m, l, o / l
+
+
+def o_half_rescaled(*args):
+    m, l, _ = merge(*args)  # noqa: E741
+    m1, _, o1, _, _, o2 = args
+    return m, l, torch.exp(m1 - m) * o1 + o2
+
+
+def global_max(m1, l1, o1, m2, l2, o2):  # one maximum for every query of the batch
+    m = torch.maximum(m1, m2).amax().expand_as(m1)
+    a1, a2 = torch.exp(m1 - m), torch.exp(m2 - m)
+    return m, a1 * l1 + a2 * l2, a1 * o1 + a2 * o2
+
+
+def merge_in_place(m1, l1, o1, m2, l2, o2):
+    m = torch.maximum(m1, m2)
+    l1 *= torch.exp(m1 - m)
+    o1 *= torch.exp(m1 - m)
+    return m, l1 + torch.exp(m2 - m) * l2, o1 + torch.exp(m2 - m) * o2
+
+
+W5 = [
+    Wrong("merge_blocks", "no_rescale", no_rescale),
+    Wrong("merge_blocks", "upside_down", upside_down),
+    Wrong("merge_blocks", "overflow", raw_exp),
+    Wrong("merge_blocks", "only_second", only_second),
+    Wrong("merge_blocks", "only_first", only_first),
+    Wrong("merge_blocks", "m_min", lambda *a: (torch.minimum(a[0], a[3]),) + merge(*a)[1:]),
+    Wrong("merge_blocks", "m_sum", lambda *a: (a[0] + a[3],) + merge(*a)[1:]),
+    Wrong("merge_blocks", "m_first", lambda *a: (a[0],) + merge(*a)[1:]),
+    Wrong("merge_blocks", "m_global", global_max),
+    Wrong("merge_blocks", "average", lambda *a: (merge(*a)[0], (a[1] + a[4]) / 2,
+                                                 merge(*a)[2])),
+    Wrong("merge_blocks", "normalised", normalised),
+    Wrong("merge_blocks", "o_only_first", o_half_rescaled),
+    Wrong("merge_blocks", "not_triple", lambda *a: merge(*a)[:2]),
+    Wrong("merge_blocks", "inplace", merge_in_place),
+]
+
+# ----------------------------------------------------------------- exercise 6: to_half_layout
 
 
 def to_half(w, H):
@@ -225,38 +251,90 @@ def to_half(w, H):
     return torch.cat((heads[:, 0::2], heads[:, 1::2]), dim=1).reshape(w.shape)
 
 
-def test_to_half_layout(capsys):
-    c = ch09.check_to_half_layout
-    c(to_half)
-    assert "✓ to_half_layout" in capsys.readouterr().out
+def to_interleaved(w, H):
+    D = w.shape[0] // H
+    return w.reshape(H, 2, D // 2, -1).transpose(1, 2).reshape(w.shape)
 
-    def to_interleaved(w, H):
-        D = w.shape[0] // H
-        return w.reshape(H, 2, D // 2, -1).transpose(1, 2).reshape(w.shape)
 
-    def one_head(w, H):
-        return torch.cat((w[0::2], w[1::2]), 0)
+def swapped_halves(w, H):
+    heads = w.reshape(H, w.shape[0] // H, -1)
+    return torch.cat((heads[:, 1::2], heads[:, 0::2]), 1).reshape(w.shape)
 
-    def swapped(w, H):
-        heads = w.reshape(H, w.shape[0] // H, -1)
-        return torch.cat((heads[:, 1::2], heads[:, 0::2]), 1).reshape(w.shape)
 
-    def d_outer(w, H):
-        D = w.shape[0] // H
-        inner = w.reshape(D, H, -1)
-        return torch.cat((inner[0::2], inner[1::2]), 0).reshape(w.shape)
+def d_outer(w, H):
+    D = w.shape[0] // H
+    inner = w.reshape(D, H, -1)
+    return torch.cat((inner[0::2], inner[1::2]), 0).reshape(w.shape)
 
-    def columns(w, H):
-        return to_half(w.t(), H).t()
 
-    rejects(c, to_interleaved, "the other direction")
-    rejects(c, one_head, "as one head")
-    rejects(c, swapped, "halves are swapped")
-    rejects(c, lambda w, H: w.clone(), "came back unchanged")
-    rejects(c, lambda w, H: w.reshape(H, w.shape[0] // H, -1).flip(1).reshape(w.shape),
-            "reversing")
-    rejects(c, d_outer, r"not \(D, H, C\)")
-    rejects(c, columns, "reordered the columns")
-    rejects(c, lambda w, H: to_half(w, H).reshape(H, w.shape[0] // H, -1),
-            "reshape back")
-    rejects(c, lambda w, H: to_half(w, H).tolist(), "should return a torch.Tensor")
+def d_from_columns(w, H):  # D = C // H: for a (H * D, C) weight with C != H * D, wrong
+    D = w.shape[1] // H
+    heads = w.reshape(H, D, -1)
+    return torch.cat((heads[:, 0::2], heads[:, 1::2]), dim=1).reshape(w.shape)
+
+
+def layout_in_place(w, H):
+    w.copy_(to_half(w, H))
+    return w.clone()
+
+
+W6 = [
+    Wrong("to_half_layout", "other_direction", to_interleaved),
+    Wrong("to_half_layout", "one_head", lambda w, H: torch.cat((w[0::2], w[1::2]), 0)),
+    Wrong("to_half_layout", "halves_swapped", swapped_halves),
+    Wrong("to_half_layout", "unchanged", lambda w, H: w.clone()),
+    Wrong("to_half_layout", "unchanged", d_from_columns),
+    Wrong("to_half_layout", "reversed", lambda w, H: w.reshape(H, w.shape[0] // H, -1).flip(1)
+          .reshape(w.shape)),
+    Wrong("to_half_layout", "heads_inner", d_outer),
+    Wrong("to_half_layout", "columns", lambda w, H: to_half(w.t(), H).t()),
+    Wrong("to_half_layout", "shape", lambda w, H: to_half(w, H).reshape(H, w.shape[0] // H, -1)),
+    Wrong("to_half_layout", "inplace", layout_in_place),
+]
+
+CATALOGUE = W1 + W2 + W3 + W4 + W5 + W6
+SOLUTIONS = {"rope_rotate": rope, "rope_scores": rope_scores,
+             "repeat_kv": lambda x, n: x.repeat_interleave(n, dim=1),
+             "rolling_update": rolling, "merge_blocks": merge, "to_half_layout": to_half}
+
+
+@pytest.mark.parametrize("exercise", sorted(SOLUTIONS))
+def test_solution_passes_and_stub_raises(exercise, capsys):
+    assert_passes(ch09, exercise, SOLUTIONS[exercise], capsys)
+    assert_stub_raises(ch09, exercise)
+
+
+@pytest.mark.parametrize("wrong", CATALOGUE, ids=lambda w: w.id)
+def test_wrong_answer_gets_its_hint(wrong):
+    assert_rejected(ch09, wrong)
+
+
+def test_catalogue_complete():
+    assert_complete(ch09, CATALOGUE, SOLUTIONS)
+
+
+def test_alternatives_pass(capsys):
+    ch09.check_repeat_kv(lambda x, n: x[:, :, None].expand(-1, -1, n, -1, -1).reshape(
+        x.shape[0], -1, *x.shape[2:]))
+    ch09.check_to_half_layout(lambda w, H: w.reshape(H, w.shape[0] // H // 2, 2, -1)
+                              .transpose(1, 2).reshape(w.shape))
+
+    def scores_loop(q, k, n_max, theta):
+        rows = [rope(q[None], torch.tensor([m]), theta) for m in range(n_max)]
+        cols = [rope(k[None], torch.tensor([n]), theta) for n in range(n_max)]
+        return torch.stack([torch.cat([(r * c).sum(-1) for c in cols]) for r in rows])
+
+    ch09.check_rope_scores(scores_loop)
+    assert capsys.readouterr().out.count("✓") == 3
+
+
+@pytest.mark.parametrize("check, wrong, message", [
+    (ch09.check_rope_rotate, lambda x, p, t: rope(x, p, t).tolist(), "should return a torch"),
+    (ch09.check_rope_scores, lambda q, k, n, t: rope_scores(q, k, n, t).tolist(),
+     "should return a torch"),
+    (ch09.check_repeat_kv, lambda x, n: [x] * n, "should return a torch.Tensor"),
+    (ch09.check_to_half_layout, lambda w, H: to_half(w, H).tolist(), "should return a torch"),
+])
+def test_other_wrong_answers_are_rejected(check, wrong, message):
+    with pytest.raises(AssertionError, match=message):
+        check(wrong)

@@ -1,4 +1,8 @@
-"""Checkers for the chapter 10 exercises (encoders)."""
+"""Checkers for the chapter 10 exercises (encoders).
+
+The hints live in one table, ``MISTAKES`` (see ``lmkit.checks.common``): the checks quote it,
+tools/mistakes.py lists it under each exercise, tests/test_checks_ch10.py proves each is given.
+"""
 
 from __future__ import annotations
 
@@ -9,73 +13,234 @@ from torch import Tensor
 from ..mlm import IGNORE_INDEX, apply_masking
 from ..model import mean_pool
 from ..wordpiece import wordpiece
-from .common import call_tensors, close, compare, fail, passed, shape_of, unchanged
+from .common import INPLACE, Mistake, call_tensors, checker, close, compare, fail, passed, shape_of
 
 __all__ = ["check_bidirectional_mask", "check_mlm_masking", "check_wordpiece_greedy",
-           "check_mean_pool", "check_cosine_top_k"]
+           "check_mean_pool", "check_cosine_top_k", "MISTAKES"]
+
+M = Mistake
+_RIGHT_ONLY = M("assuming the padding is at the end (building the mask from the lengths)",
+                "padding is not always at the end: this batch is padded on the LEFT (as some "
+                "tokenizers do), so the first attention_mask.sum() positions are not the real "
+                "ones. Use attention_mask itself, position by position, not the lengths")
+MISTAKES: dict[str, dict[str, Mistake]] = {
+    "bidirectional_mask": {
+        "all_true": M("making every entry True (padding visible)",
+                      "every entry is True: the padding tokens are visible. Key j may be "
+                      "attended to only if attention_mask[b, j] is 1"),
+        "causal_padded": M("the causal mask with padding",
+                           "that is the causal mask (with padding): an encoder is "
+                           "bidirectional, query i may attend to later keys j > i too"),
+        "causal": M("the causal mask of chapter 03, without padding",
+                    "that is the causal mask of chapter 03, and it ignores the padding: an "
+                    "encoder lets every query see every real key, before and after it"),
+        "transposed": M("only keys at or after the query (the transposed causal mask)",
+                        "only keys at or after the query are allowed (the transposed causal "
+                        "mask); an encoder sees both directions"),
+        "rows": M("masking the padding queries (rows) instead of the padding keys (columns)",
+                  "you masked the padding *queries* (rows) instead of the padding *keys* "
+                  "(columns): entry [b, i, j] says whether query i may look at key j, so it "
+                  "depends on attention_mask[b, j]"),
+        "rows_and_keys": M("blocking the padding queries' rows completely (a softmax of 0/0)",
+                           "you also blocked the padding queries' rows completely: a row with "
+                           "no visible key gives a softmax of 0/0 = NaN. Mask only the keys "
+                           "(columns); the outputs at padding positions are simply ignored "
+                           "later"),
+        "inverted": M("True for padding (the inverted mask)",
+                      "the mask is inverted: True must mean 'may attend' (lmkit's and "
+                      "PyTorch's SDPA convention), so real keys are True and padding keys "
+                      "False"),
+        "diagonal": M("only the diagonal (each query sees itself)",
+                      "only the diagonal is True: each query would see itself only. In an "
+                      "encoder every query sees every real key"),
+        "right_only": _RIGHT_ONLY,
+        "dtype": M("returning 0/1 integers or floats instead of booleans",
+                   "return a boolean mask (e.g. `.bool()`), as attention's masked_fill(~mask, "
+                   "-inf) needs"),
+        "shape": M("returning (B, T) or (B, 1, T) instead of (B, T, T)",
+                   "one row per query i and one column per key j (use expand, or compare "
+                   "against a (B, 1, T) view)"),
+        "inplace": INPLACE,
+    },
+    "mlm_masking": {
+        "labels_all": M("keeping every token in the labels",
+                        "labels: every position keeps its token, so the loss would count the "
+                        "positions the model can simply copy. Put -100 where nothing was "
+                        "chosen"),
+        "labels_zero": M("0 instead of -100 for the unchosen labels",
+                         "labels: unchosen positions must be -100 (cross-entropy's "
+                         "ignore_index), not 0, which is a real token id"),
+        "labels_corrupted": M("the corrupted input as the label",
+                              "labels: at the chosen positions the label is the ORIGINAL token "
+                              "(ids), not the corrupted input ([MASK] or the random token)"),
+        "labels_inverted": M("-100 at the chosen positions (labels inverted)",
+                             "labels are inverted: -100 goes where nothing was chosen, the "
+                             "original token where something was"),
+        "all_mask": M("[MASK] at every chosen position (no 80/10/10)",
+                      "inputs: every chosen position became [MASK]; BERT's rule is 80% [MASK] "
+                      "(u_kind < 0.8), 10% random token (0.8 <= u_kind < 0.9), 10% unchanged"),
+        "swapped": M("the random and the unchanged ranges swapped",
+                     "inputs: the random token goes where 0.8 <= u_kind < 0.9, and positions "
+                     "with u_kind >= 0.9 stay unchanged (you swapped the two)"),
+        "unchosen": M("changing positions that were not chosen",
+                      "inputs: you replaced positions that were not chosen; only positions "
+                      "with u_select < p may change"),
+        "random_unchosen": M("random tokens at unchosen positions",
+                             "inputs: random tokens also went to unchosen positions; combine "
+                             "the u_kind test with the chosen positions (u_select < p)"),
+        "over_p": M("choosing u_select >= p", "you chose the positions with u_select >= p "
+                                              "(85% of them); choose u_select < p"),
+        "le_select": M("choosing u_select <= p (the boundary)",
+                       "a position with u_select exactly p was chosen: the rule is strict, "
+                       "u_select < p (u_select <= p chooses one position too many now and "
+                       "then)"),
+        "le_kind": M("testing u_kind <= 0.8 and <= 0.9 (the boundaries)",
+                     "the boundaries of u_kind: [MASK] when u_kind < 0.8 (strictly), a random "
+                     "token when 0.8 <= u_kind < 0.9, so u_kind == 0.8 gets a random token and "
+                     "u_kind == 0.9 stays unchanged"),
+        "not_pair": M("returning one tensor instead of the pair (inputs, labels)",
+                      "return a pair (inputs, labels)"),
+        "dtype": M("another dtype or shape (float labels, a flattened tensor)",
+                   "inputs and labels are token ids: keep ids' dtype (torch.long) and shape "
+                   "(B, T)"),
+        "inplace": INPLACE,
+    },
+    "wordpiece_greedy": {
+        "shortest": M("taking the shortest matching piece",
+                      "you took the SHORTEST matching piece; WordPiece takes the longest piece "
+                      "of the vocabulary that starts where you are, then goes on"),
+        "no_hash": M("looking up later pieces without '##'",
+                     "pieces after the first must be looked up (and returned) with the '##' "
+                     "prefix, which marks a piece that continues a word"),
+        "hash_first": M("'##' on the first piece too", "the first piece of a word has no '##' "
+                        "prefix; only the pieces that continue it do"),
+        "piece_unk": M("[UNK] for the failing character only",
+                       "when no piece matches, the WHOLE word becomes ['[UNK]'], not just the "
+                       "character that failed"),
+        "skip": M("skipping a character that matches nothing",
+                  "you skipped the character that matched nothing; then the whole word is "
+                  "['[UNK]']"),
+        "empty": M("an empty list for a word with no cut",
+                   "a word with no full cut becomes ['[UNK]'], not an empty list"),
+        "prefix_unk": M("keeping the pieces found before a failure, then [UNK]",
+                        "when a later part of the word matches nothing, the whole word is "
+                        "['[UNK]']: drop the pieces you found before it"),
+        "right_to_left": M("matching from the end of the word",
+                           "you matched from the end of the word; WordPiece reads left to "
+                           "right, longest prefix first"),
+        "whole_word": M("looking up only the whole word",
+                        "you only looked up the whole word; cut it into the longest pieces the "
+                        "vocabulary has"),
+        "chars": M("cutting the word into single characters",
+                   "you cut the word into single characters; take the LONGEST piece each time"),
+        "string": M("returning a string instead of a list",
+                    "return a list of pieces, e.g. ['una', '##ffable']"),
+        "not_list": M("returning a tuple or another container", "return a list of strings"),
+    },
+    "mean_pool": {
+        "mean_all": M("averaging over all T positions, padding included",
+                      "you averaged over all T positions, padding included: sum h over the "
+                      "real tokens only (h * mask) and divide by their number"),
+        "no_divide": M("summing without dividing", "you summed over the real tokens but did "
+                       "not divide by their number (attention_mask.sum(dim=1))"),
+        "divide_T": M("dividing by T, the padded length ((h * mask).mean(dim=1))",
+                      "you divided by T, the padded length (as (h * mask).mean(dim=1) does); "
+                      "divide each row by its own number of real tokens, "
+                      "attention_mask.sum(dim=1, keepdim=True)"),
+        "batch_total": M("dividing by the number of real tokens in the whole batch",
+                         "you divided by the number of real tokens in the whole batch; each "
+                         "sequence is divided by its own count"),
+        "max_pool": M("max pooling", "that is max pooling; take the mean"),
+        "cls": M("taking the first token ([CLS] pooling)",
+                 "you took the first token ([CLS] pooling); the exercise asks for the mean over "
+                 "the real tokens"),
+        "last": M("taking the last real token", "you took the last real token; average all "
+                  "real tokens"),
+        "normalised": M("L2-normalising the mean", "right mean, but you also L2-normalised it; "
+                        "return the mean itself (sentence_embeddings normalises after)"),
+        "right_only": _RIGHT_ONLY,
+        "shape": M("another shape ((B, 1, C), a flat vector)",
+                   "one vector per sequence: average over dim 1 (the positions)"),
+        "inplace": INPLACE,
+    },
+    "cosine_top_k": {
+        "dot": M("ranking by the raw dot product",
+                 "you ranked by the raw dot product: long vectors win. Normalise the keys (and "
+                 "the query) to unit length first: cosine = dot product of unit vectors"),
+        "euclid": M("ranking by Euclidean distance between the raw vectors",
+                    "you ranked by Euclidean distance between the raw vectors; rank by cosine "
+                    "similarity (normalise, then dot product)"),
+        "least": M("the k least similar rows (ascending order)",
+                   "those are the k LEAST similar rows: sort in descending order (or "
+                   "torch.topk, which returns the largest)"),
+        "by_index": M("the right rows, sorted by index", "the right rows, but sorted by index; "
+                      "return them best first"),
+        "dim0": M("normalising the keys over dim 0", "you normalised the keys over dim 0 (each "
+                  "feature across rows); normalise each row: F.normalize(keys, dim=-1)"),
+        "values": M("returning the similarities instead of the indices",
+                    "you returned the similarities; return the row indices "
+                    "(torch.topk(...).indices)"),
+        "count": M("returning another number of indices (off by one, or all of them)",
+                   "return exactly k indices, shape (k,)"),
+        "dtype": M("indices as int32 or float", "return the indices as a LongTensor (int64), "
+                   "as torch.topk(...).indices is"),
+        "inplace": INPLACE,
+    },
+}
 
 
-def _padding(lengths: list[int], T: int) -> Tensor:
-    return (torch.arange(T)[None, :] < torch.tensor(lengths)[:, None]).long()  # (B, T)
+def _padding(lengths: list[int], T: int, left: bool = False) -> Tensor:
+    m = (torch.arange(T)[None, :] < torch.tensor(lengths)[:, None]).long()  # (B, T)
+    return m.flip(1) if left else m  # left padding: the real tokens at the end
 
 
 # ----------------------------------------------------------------------------- exercise 1
 
 
 def _wrong_masks(m: Tensor) -> list[tuple[Tensor, str]]:
+    H = MISTAKES["bidirectional_mask"]
     B, T = m.shape
     keys = m.bool()[:, None, :].expand(B, T, T)  # the right answer
     tril = torch.ones(T, T, dtype=torch.bool).tril()
     return [
-        (torch.ones(B, T, T, dtype=torch.bool),
-         "every entry is True: the padding tokens are visible. Key j may be attended to only "
-         "if attention_mask[b, j] is 1"),
-        (keys & tril,
-         "that is the causal mask (with padding): an encoder is bidirectional, query i may "
-         "attend to later keys j > i too"),
-        (tril.expand(B, T, T),
-         "that is the causal mask of chapter 03, and it ignores the padding: an encoder lets "
-         "every query see every real key, before and after it"),
-        (keys & ~tril | torch.eye(T, dtype=torch.bool) & keys,
-         "only keys at or after the query are allowed (the transposed causal mask); an encoder "
-         "sees both directions"),
-        (m.bool()[:, :, None].expand(B, T, T),
-         "you masked the padding *queries* (rows) instead of the padding *keys* (columns): "
-         "entry [b, i, j] says whether query i may look at key j, so it depends on "
-         "attention_mask[b, j]"),
-        (m.bool()[:, :, None] & m.bool()[:, None, :],
-         "you also blocked the padding queries' rows completely: a row with no visible key "
-         "gives a softmax of 0/0 = NaN. Mask only the keys (columns); the outputs at padding "
-         "positions are simply ignored later"),
-        (~keys,
-         "the mask is inverted: True must mean 'may attend' (lmkit's and PyTorch's SDPA "
-         "convention), so real keys are True and padding keys False"),
-        (torch.eye(T, dtype=torch.bool).expand(B, T, T),
-         "only the diagonal is True: each query would see itself only. In an encoder every "
-         "query sees every real key"),
+        (torch.ones(B, T, T, dtype=torch.bool), H["all_true"].hint),
+        (keys & tril, H["causal_padded"].hint),
+        (tril.expand(B, T, T), H["causal"].hint),
+        (keys & ~tril | torch.eye(T, dtype=torch.bool) & keys, H["transposed"].hint),
+        (m.bool()[:, :, None].expand(B, T, T), H["rows"].hint),
+        (m.bool()[:, :, None] & m.bool()[:, None, :], H["rows_and_keys"].hint),
+        (~keys, H["inverted"].hint),
+        (torch.eye(T, dtype=torch.bool).expand(B, T, T), H["diagonal"].hint),
     ]
 
 
+@checker
 def check_bidirectional_mask(fn) -> None:
     """Exercise 1: fn(attention_mask (B, T) of 0/1) -> boolean (B, T, T), True = may attend."""
-    cases = [([4, 2, 3], 4), ([5], 5), ([1, 6], 6), ([3, 3], 3), ([2, 7, 5, 1], 7)]
-    for lengths, T in cases:
-        m = _padding(lengths, T)
-        before = m.clone()
+    H = MISTAKES["bidirectional_mask"]
+    cases = [([4, 2, 3], 4, False), ([5], 5, False), ([1, 6], 6, False), ([3, 3], 3, False),
+             ([2, 7, 5, 1], 7, False), ([2, 4, 3], 4, True)]
+    for lengths, T, left in cases:
+        m = _padding(lengths, T, left)
         got = call_tensors(fn, m, name="bidirectional_mask")
-        unchanged("bidirectional_mask", [before], [m], "attention_mask")
         want = m.bool()[:, None, :].expand(len(lengths), T, T)
-        case = f"attention_mask of shape {tuple(m.shape)} (real lengths {lengths})"
+        case = (f"attention_mask of shape {tuple(m.shape)} (real lengths {lengths}"
+                + (", padded on the left)" if left else ")"))
         if isinstance(got, Tensor) and got.dtype != torch.bool and got.shape == want.shape:
             if torch.equal(got.bool(), want) or torch.equal(got.ne(0), want):
                 fail(f"bidirectional_mask on {case}: the values are right but the dtype is "
-                     f"{got.dtype}; return a boolean mask (e.g. `.bool()`), as attention's "
-                     "masked_fill(~mask, -inf) needs")
+                     f"{got.dtype}; {H['dtype'].hint}")
         if isinstance(got, Tensor) and got.shape in ((len(lengths), T), (len(lengths), 1, T)):
             fail(f"bidirectional_mask on {case}: expected shape (B, T, T) = "
-                 f"{(len(lengths), T, T)}, got {shape_of(got)}: one row per query i and one "
-                 "column per key j (use expand, or compare against a (B, 1, T) view)")
-        compare("bidirectional_mask", case, got, want, _wrong_masks(m),
+                 f"{(len(lengths), T, T)}, got {shape_of(got)}: {H['shape'].hint}")
+        mistakes = _wrong_masks(m)
+        if left:
+            mistakes.append((_padding(lengths, T).bool()[:, None, :].expand(len(lengths), T, T),
+                             H["right_only"].hint))
+        if isinstance(got, Tensor) and got.dtype == torch.bool:  # compare as 0/1: a bool
+            got, want = got.long(), want.long()  # tensor cannot be subtracted for the message
+            mistakes = [(w.long(), hint) for w, hint in mistakes]
+        compare("bidirectional_mask", case, got, want, mistakes,
                 shape_hint="One (T, T) matrix per sequence: [b, i, j] says whether query i "
                            "may attend to key j.")
     passed("bidirectional_mask", len(cases))
@@ -84,7 +249,19 @@ def check_bidirectional_mask(fn) -> None:
 # ----------------------------------------------------------------------------- exercise 2
 
 
+def _masking_le(ids, u1, u2, rnd, mask_id, p, select=False, kind=False):
+    """The masking rule with <= where it says < (the boundary slips)."""
+    chosen = u1 <= p if select else u1 < p
+    first = u2 <= 0.8 if kind else u2 < 0.8
+    second = ((u2 > 0.8) & (u2 <= 0.9)) if kind else ((u2 >= 0.8) & (u2 < 0.9))
+    inputs = ids.clone()
+    inputs[chosen & first] = mask_id
+    inputs[chosen & second] = rnd[chosen & second]
+    return inputs, torch.where(chosen, ids, torch.full_like(ids, IGNORE_INDEX))
+
+
 def _wrong_maskings(ids, u1, u2, rnd, mask_id, p):
+    H = MISTAKES["mlm_masking"]
     chosen = u1 < p
     ign = torch.full_like(ids, IGNORE_INDEX)
     right_in, right_lab = apply_masking(ids, u1, u2, rnd, mask_id, p)
@@ -101,52 +278,40 @@ def _wrong_maskings(ids, u1, u2, rnd, mask_id, p):
     rand_all[sel] = rnd[sel]
     inv_in, inv_lab = apply_masking(ids, 1 - u1, u2, rnd, mask_id, 1 - p)
     return [
-        ((right_in, ids),
-         "labels: every position keeps its token, so the loss would count the positions the "
-         "model can simply copy. Put -100 where nothing was chosen"),
-        ((right_in, torch.where(chosen, ids, torch.zeros_like(ids))),
-         "labels: unchosen positions must be -100 (cross-entropy's ignore_index), not 0, which "
-         "is a real token id"),
-        ((right_in, torch.where(chosen, right_in, ign)),
-         "labels: at the chosen positions the label is the ORIGINAL token (ids), not the "
-         "corrupted input ([MASK] or the random token)"),
-        ((all_mask, right_lab),
-         "inputs: every chosen position became [MASK]; BERT's rule is 80% [MASK] (u_kind < "
-         "0.8), 10% random token (0.8 <= u_kind < 0.9), 10% unchanged"),
-        ((swapped, right_lab),
-         "inputs: the random token goes where 0.8 <= u_kind < 0.9, and positions with "
-         "u_kind >= 0.9 stay unchanged (you swapped the two)"),
-        ((every, torch.where(chosen, ids, ign)),
-         "inputs: you replaced positions that were not chosen; only positions with "
-         "u_select < p may change"),
-        ((rand_all, right_lab),
-         "inputs: random tokens also went to unchosen positions; combine the u_kind test with "
-         "the chosen positions (u_select < p)"),
-        ((inv_in, inv_lab),
-         "you chose the positions with u_select >= p (85% of them); choose u_select < p"),
-        ((right_in, torch.where(chosen, ign, ids)),
-         "labels are inverted: -100 goes where nothing was chosen, the original token where "
-         "something was"),
+        (_masking_le(ids, u1, u2, rnd, mask_id, p, select=True), H["le_select"].hint),
+        (_masking_le(ids, u1, u2, rnd, mask_id, p, kind=True), H["le_kind"].hint),
+        ((right_in, ids), H["labels_all"].hint),
+        ((right_in, torch.where(chosen, ids, torch.zeros_like(ids))), H["labels_zero"].hint),
+        ((right_in, torch.where(chosen, right_in, ign)), H["labels_corrupted"].hint),
+        ((all_mask, right_lab), H["all_mask"].hint),
+        ((swapped, right_lab), H["swapped"].hint),
+        ((every, torch.where(chosen, ids, ign)), H["unchosen"].hint),
+        ((rand_all, right_lab), H["random_unchosen"].hint),
+        ((inv_in, inv_lab), H["over_p"].hint),
+        ((right_in, torch.where(chosen, ign, ids)), H["labels_inverted"].hint),
     ]
 
 
+@checker
 def check_mlm_masking(fn) -> None:
     """Exercise 2: fn(ids, u_select, u_kind, random_ids, mask_id, p) -> (inputs, labels)."""
+    H = MISTAKES["mlm_masking"]
     g = torch.Generator().manual_seed(0)
     cases = [(2, 12, 50, 0.15), (4, 40, 100, 0.15), (1, 8, 20, 0.5), (3, 25, 1000, 0.3)]
     for B, T, V, p in cases:
         ids = torch.randint(1, V, (B, T), generator=g)
         u1, u2 = torch.rand(B, T, generator=g), torch.rand(B, T, generator=g)
+        # the boundaries exactly: u_select == p (not chosen); chosen with u_kind == 0.8 (a
+        # random token) and u_kind == 0.9 (unchanged)
+        u1[0, 0], u2[0, 0] = p, 0.5
+        u1[0, 1], u2[0, 1] = 0.0, 0.8
+        u1[0, 2], u2[0, 2] = 0.0, 0.9
         rnd = torch.randint(1, V, (B, T), generator=g)
         mask_id = 0
-        args = [ids, u1, u2, rnd]
-        before = [a.clone() for a in args]
-        got = call_tensors(fn, *[a for a in args], mask_id, p, name="mlm_masking")
-        unchanged("mlm_masking", before, args, "ids: start from ids.clone()")
+        got = call_tensors(fn, ids, u1, u2, rnd, mask_id, p, name="mlm_masking")
         case = f"ids of shape {(B, T)}, p={p}"
         if not (isinstance(got, tuple) and len(got) == 2):
-            fail(f"mlm_masking on {case} should return a pair (inputs, labels), got "
-                 f"{type(got).__name__}")
+            fail(f"mlm_masking on {case} returned {type(got).__name__}: {H['not_pair'].hint}")
         want = apply_masking(ids, u1, u2, rnd, mask_id, p)
         if all(isinstance(t, Tensor) and t.dtype == w.dtype and torch.equal(t, w)
                for t, w in zip(got, want)):
@@ -159,7 +324,8 @@ def check_mlm_masking(fn) -> None:
             if not isinstance(t, Tensor) or t.shape != w.shape or t.dtype != w.dtype:
                 fail(f"mlm_masking on {case}: {what} should be a {w.dtype} tensor of shape "
                      f"{tuple(w.shape)}, got {shape_of(t)}"
-                     + (f" of dtype {t.dtype}" if isinstance(t, Tensor) else ""))
+                     + (f" of dtype {t.dtype}" if isinstance(t, Tensor) else "")
+                     + f": {H['dtype'].hint}")
             if not torch.equal(t, w):
                 b, i = divmod(int((t != w).flatten().nonzero()[0]), T)
                 fail(f"mlm_masking on {case}: {what}[{b}, {i}] is {int(t[b, i])}, expected "
@@ -199,6 +365,8 @@ def _greedy(word, vocab, prefix_first=False, prefix_rest=True, on_fail="unk"):
                 return ["[UNK]"]
             if on_fail == "empty":
                 return []
+            if on_fail == "prefix_unk":
+                return pieces + ["[UNK]"]
             if on_fail == "piece_unk":
                 pieces.append("[UNK]")
             start += 1  # "skip" and "piece_unk" go on after the character
@@ -229,43 +397,35 @@ _VOCAB = {"[UNK]", "un", "una", "##aff", "##able", "##ffable", "##a", "##f", "##
           "aff", "able", "b", "##p", "x", "##x", "##yer"}
 
 _WORDS = ["unaffable", "playing", "plays", "player", "a", "unx", "zebra", "aaa", "play",
-          "playingx", "fab", "x" * 30, "pax"]
+          "playingx", "fab", "x" * 30, "pax", "playz"]
 
 
+@checker
 def check_wordpiece_greedy(fn) -> None:
     """Exercise 3: fn(word, vocab) -> WordPiece pieces, greedy longest-match-first, ## and [UNK]."""
+    H = MISTAKES["wordpiece_greedy"]
     wrong = [
-        (_shortest_first, "you took the SHORTEST matching piece; WordPiece takes the longest "
-                          "piece of the vocabulary that starts where you are, then goes on"),
-        (lambda w, v: _greedy(w, v, prefix_rest=False),
-         "pieces after the first must be looked up (and returned) with the '##' prefix, which "
-         "marks a piece that continues a word"),
-        (lambda w, v: _greedy(w, v, prefix_first=True),
-         "the first piece of a word has no '##' prefix; only the pieces that continue it do"),
-        (lambda w, v: _greedy(w, v, on_fail="piece_unk"),
-         "when no piece matches, the WHOLE word becomes ['[UNK]'], not just the character that "
-         "failed"),
-        (lambda w, v: _greedy(w, v, on_fail="skip"),
-         "you skipped the character that matched nothing; then the whole word is ['[UNK]']"),
-        (lambda w, v: _greedy(w, v, on_fail="empty"),
-         "a word with no full cut becomes ['[UNK]'], not an empty list"),
-        (_right_to_left, "you matched from the end of the word; WordPiece reads left to right, "
-                         "longest prefix first"),
-        (lambda w, v: [w] if w in v else ["[UNK]"],
-         "you only looked up the whole word; cut it into the longest pieces the vocabulary has"),
+        (_shortest_first, H["shortest"].hint),
+        (lambda w, v: _greedy(w, v, prefix_rest=False), H["no_hash"].hint),
+        (lambda w, v: _greedy(w, v, prefix_first=True), H["hash_first"].hint),
+        (lambda w, v: _greedy(w, v, on_fail="piece_unk"), H["piece_unk"].hint),
+        (lambda w, v: _greedy(w, v, on_fail="skip"), H["skip"].hint),
+        (lambda w, v: _greedy(w, v, on_fail="empty"), H["empty"].hint),
+        (lambda w, v: _greedy(w, v, on_fail="prefix_unk"), H["prefix_unk"].hint),
+        (_right_to_left, H["right_to_left"].hint),
+        (lambda w, v: [w] if w in v else ["[UNK]"], H["whole_word"].hint),
         (lambda w, v: list(w) if all(c in v or "##" + c in v for c in w) else ["[UNK]"],
-         "you cut the word into single characters; take the LONGEST piece each time"),
+         H["chars"].hint),
     ]
     answers = {}
     for word in _WORDS:
         got = call_tensors(fn, word, set(_VOCAB), name="wordpiece_greedy")
         case = f"word {word!r}"
         if isinstance(got, str):
-            fail(f"wordpiece_greedy on {case} returned the string {got!r}; return a list of "
-                 "pieces, e.g. ['una', '##ffable']")
+            fail(f"wordpiece_greedy on {case} returned the string {got!r}: {H['string'].hint}")
         if not isinstance(got, list):
-            fail(f"wordpiece_greedy on {case} should return a list of strings, got "
-                 f"{type(got).__name__}")
+            fail(f"wordpiece_greedy on {case} returned {type(got).__name__}: "
+                 f"{H['not_list'].hint}")
         answers[word] = got
     bad = [w for w in _WORDS if answers[w] != wordpiece(w, _VOCAB)]
     if bad:
@@ -283,49 +443,48 @@ def check_wordpiece_greedy(fn) -> None:
 # ----------------------------------------------------------------------------- exercise 4
 
 
+@checker
 def check_mean_pool(fn) -> None:
     """Exercise 4: fn(h (B, T, C), attention_mask (B, T)) -> mean over real tokens, (B, C)."""
+    H = MISTAKES["mean_pool"]
     g = torch.Generator().manual_seed(0)
-    cases = [([5, 2, 3], 5, 4), ([4], 4, 3), ([1, 6], 6, 8), ([3, 3, 1, 2], 3, 5)]
-    for lengths, T, C in cases:
+    cases = [([5, 2, 3], 5, 4, False), ([4], 4, 3, False), ([1, 6], 6, 8, False),
+             ([3, 3, 1, 2], 3, 5, False), ([2, 5, 3], 5, 4, True)]
+    for lengths, T, C, left in cases:
         h = torch.randn(len(lengths), T, C, generator=g) + 1.0
-        m = _padding(lengths, T)
-        before = [h.clone(), m.clone()]
+        m = _padding(lengths, T, left)
         got = call_tensors(fn, h, m, name="mean_pool")
-        unchanged("mean_pool", before, [h, m], "h *= mask; compute h * mask instead")
         want = mean_pool(h, m)
         mf = m[:, :, None].float()
         summed = (h * mf).sum(1)
         mistakes = [
-            (h.mean(dim=1), "you averaged over all T positions, padding included: sum h over "
-                            "the real tokens only (h * mask) and divide by their number"),
-            (summed, "you summed over the real tokens but did not divide by their number "
-                     "(attention_mask.sum(dim=1))"),
-            (summed / T, "you divided by T, the padded length (as (h * mask).mean(dim=1) does); "
-                         "divide each row by its own number of real tokens, "
-                         "attention_mask.sum(dim=1, keepdim=True)"),
-            (summed / m.sum(), "you divided by the number of real tokens in the whole batch; "
-                               "each sequence is divided by its own count"),
-            (h.masked_fill(mf == 0, float("-inf")).amax(1), "that is max pooling; take the mean"),
-            (h[:, 0], "you took the first token ([CLS] pooling); the exercise asks for the mean "
-                      "over the real tokens"),
-            (h[torch.arange(len(lengths)), m.sum(1) - 1],
-             "you took the last real token; average all real tokens"),
-            (F.normalize(want, dim=-1), "right mean, but you also L2-normalised it; return the "
-                                        "mean itself (sentence_embeddings normalises after)"),
+            (h.mean(dim=1), H["mean_all"].hint),
+            (summed, H["no_divide"].hint),
+            (summed / T, H["divide_T"].hint),
+            (summed / m.sum(), H["batch_total"].hint),
+            (h.masked_fill(mf == 0, float("-inf")).amax(1), H["max_pool"].hint),
+            (h[:, 0], H["cls"].hint),
+            (h[torch.arange(len(lengths)), m.sum(1) - 1], H["last"].hint),
+            (F.normalize(want, dim=-1), H["normalised"].hint),
         ]
-        case = f"h of shape {(len(lengths), T, C)}, real lengths {lengths}"
+        if left:
+            mistakes.append((torch.stack([h[b, :n].mean(0) for b, n in enumerate(lengths)]),
+                             H["right_only"].hint))
+        case = (f"h of shape {(len(lengths), T, C)}, real lengths {lengths}"
+                + (", padded on the left" if left else ""))
         compare("mean_pool", case, got, want, mistakes,
-                shape_hint="One vector per sequence: average over dim 1 (the positions).")
+                shape_hint=H["shape"].hint[0].upper() + H["shape"].hint[1:] + ".")
     passed("mean_pool", len(cases))
 
 
 # ----------------------------------------------------------------------------- exercise 5
 
 
+@checker
 def check_cosine_top_k(fn) -> None:
     """Exercise 5: fn(query (C,), keys (N, C), k) -> LongTensor (k,) of the rows most
     cosine-similar to query, best first."""
+    H = MISTAKES["cosine_top_k"]
     g = torch.Generator().manual_seed(0)
     cases = [(10, 4, 3), (25, 8, 5), (6, 3, 1), (40, 16, 10), (7, 5, 7)]
     results = []
@@ -334,38 +493,26 @@ def check_cosine_top_k(fn) -> None:
         keys = torch.randn(N, C, generator=g) * torch.logspace(-1, 1, N)[torch.randperm(
             N, generator=g)][:, None]
         query = torch.randn(C, generator=g) * 3
-        before = [query.clone(), keys.clone()]
         got = call_tensors(fn, query, keys, k, name="cosine_top_k")
-        unchanged("cosine_top_k", before, [query, keys], "keys /= norm")
         cos = F.normalize(keys, dim=-1) @ F.normalize(query, dim=0)  # (N,)
         want = cos.argsort(descending=True)[:k]
         case = f"{N} keys of size {C}, k={k}"
         if isinstance(got, Tensor) and got.shape == (k,) and got.dtype.is_floating_point:
             if torch.allclose(got.double(), cos.sort(descending=True).values[:k].double(),
                               atol=1e-4):
-                fail(f"cosine_top_k on {case}: you returned the similarities; return the row "
-                     "indices (torch.topk(...).indices)")
+                fail(f"cosine_top_k on {case}: {H['values'].hint}")
         mistakes = [
-            ((keys @ query).argsort(descending=True)[:k],
-             "you ranked by the raw dot product: long vectors win. Normalise the keys (and "
-             "the query) to unit length first: cosine = dot product of unit vectors"),
-            ((keys - query).norm(dim=-1).argsort()[:k],
-             "you ranked by Euclidean distance between the raw vectors; rank by cosine "
-             "similarity (normalise, then dot product)"),
-            (cos.argsort()[:k], "those are the k LEAST similar rows: sort in descending order "
-                                "(or torch.topk, which returns the largest)"),
-            (cos.argsort(descending=True)[:k].sort().values,
-             "the right rows, but sorted by index; return them best first"),
-            ((F.normalize(keys, dim=0) @ query).argsort(descending=True)[:k],
-             "you normalised the keys over dim 0 (each feature across rows); normalise each "
-             "row: F.normalize(keys, dim=-1)"),
+            ((keys @ query).argsort(descending=True)[:k], H["dot"].hint),
+            ((keys - query).norm(dim=-1).argsort()[:k], H["euclid"].hint),
+            (cos.argsort()[:k], H["least"].hint),
+            (cos.argsort(descending=True)[:k].sort().values, H["by_index"].hint),
+            ((F.normalize(keys, dim=0) @ query).argsort(descending=True)[:k], H["dim0"].hint),
         ]
         if isinstance(got, Tensor) and got.shape != (k,):
             fail(f"cosine_top_k on {case}: expected {k} indices, shape ({k},), got shape "
-                 f"{shape_of(got)}")
+                 f"{shape_of(got)}: {H['count'].hint}")
         if isinstance(got, Tensor) and got.dtype != torch.long:
-            fail(f"cosine_top_k on {case}: expected indices as a LongTensor (int64), got "
-                 f"{got.dtype}")
+            fail(f"cosine_top_k on {case}: got {got.dtype}: {H['dtype'].hint}")
         results.append((case, got, want, mistakes))
     # the mistake that explains every case: on one case two mistakes may give the same rows
     for j, (_, hint) in enumerate(results[0][3]):
