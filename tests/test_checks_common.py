@@ -154,3 +154,9 @@ def test_mistakes_tool_is_idempotent_and_replaces_its_cell():
     assert nbformat.writes(twice) == nbformat.writes(mistakes.with_mistakes(nb))
     once.cells[1].source = "print('no check any more')"
     assert len(mistakes.with_mistakes(once).cells) == 2  # a list without its check goes
+
+
+def test_compare_names_the_wrong_value_of_a_bool_tensor():
+    # subtracting bool tensors is an error in torch: the generic message must not crash
+    with pytest.raises(AssertionError, match=r"wrong values, largest error 1 at index \(1,\)"):
+        common.compare("mask", "a case", torch.tensor([True, False]), torch.tensor([True, True]), [])

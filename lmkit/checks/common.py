@@ -314,14 +314,15 @@ def compare(name: str, case: str, got, want: Tensor, mistakes: list[tuple[Tensor
     for wrong, hint in mistakes:
         if close(got, wrong, equal_nan=True):
             fail(f"{name} on {case}: {hint}")
-    err = (got.detach() - want).abs()
+    g, w = got.detach().double(), want.detach().double()  # also bool and integer tensors
+    err = (g - w).abs()
     i = int(err.nan_to_num(math.inf).argmax())
     if x is not None:  # elementwise: say at which input
         where = f"x = {x.flatten()[i]:.4f}"
     else:
         where = f"index {tuple(int(j) for j in torch.unravel_index(torch.tensor(i), want.shape))}"
     fail(f"{name} on {case}: wrong values, largest error {err.max():.3g} at {where} "
-         f"(expected {want.flatten()[i]:.6f}, got {got.flatten()[i]:.6f})")
+         f"(expected {w.flatten()[i]:.6f}, got {g.flatten()[i]:.6f})")
 
 
 def grads_flow(name: str, case: str, got: Tensor, want: Tensor, wrt: dict[str, Tensor]) -> None:
