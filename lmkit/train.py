@@ -370,6 +370,11 @@ class Trainer:
     def __init__(
         self, model: TransformerLM, train_ids: Tensor, val_ids: Tensor, config: TrainConfig
     ):
+        if not model.config.causal and config.mlm_mask_id is None:
+            raise ValueError(
+                "the model is bidirectional (ModelConfig causal=False): trained to predict the "
+                "next token it would see that token and learn to copy it. Train it as a masked "
+                "LM (TrainConfig mlm_mask_id=<the [MASK] id>, chapter 10), or use causal=True")
         self.config = config
         self.device = pick_device(config.device)
         self.model = model.to(self.device)

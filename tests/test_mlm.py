@@ -112,3 +112,14 @@ def test_masked_lm_learns_to_read_the_context(one_thread):
     assert history["val_loss"][-1] < 1.0
     with pytest.raises(ValueError, match="mlm_probability"):
         TrainConfig(mlm_mask_id=0, mlm_probability=1.0)
+
+
+def test_trainer_refuses_next_token_training_of_a_bidirectional_model():
+    """Without causal masking every position sees the token it must predict: the loss falls to
+    ~0 by copying (measured: 0.39 nats vs 2.99 on random tokens). Only masked-LM training fits."""
+    data = torch.randint(1, 20, (400,), generator=torch.Generator().manual_seed(0))
+    config = TrainConfig(steps=1, batch_size=2, context_length=16, device="cpu")
+    with pytest.raises(ValueError, match=r"causal=False.*mlm_mask_id"):
+        Trainer(tiny_encoder(), data, data, config)
+    Trainer(tiny_encoder(), data, data, TrainConfig(steps=1, batch_size=2, context_length=16,
+                                                    device="cpu", mlm_mask_id=0))  # accepted
