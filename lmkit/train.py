@@ -370,6 +370,11 @@ class Trainer:
     def __init__(
         self, model: TransformerLM, train_ids: Tensor, val_ids: Tensor, config: TrainConfig
     ):
+        if model.lm_head is None:
+            raise ValueError(
+                "the model has no head (ModelConfig head=\"none\"): it returns the trunk's "
+                "vectors H, not logits, and there is nothing to train a loss on; use "
+                "head=\"lm\" (next token) or head=\"mlm\" (masked LM, chapter 10)")
         if not model.config.causal and config.mlm_mask_id is None:
             raise ValueError(
                 "the model is bidirectional (ModelConfig causal=False): trained to predict the "

@@ -123,3 +123,14 @@ def test_trainer_refuses_next_token_training_of_a_bidirectional_model():
         Trainer(tiny_encoder(), data, data, config)
     Trainer(tiny_encoder(), data, data, TrainConfig(steps=1, batch_size=2, context_length=16,
                                                     device="cpu", mlm_mask_id=0))  # accepted
+
+
+def test_trainer_refuses_a_model_without_a_head():
+    """head="none" returns H (B, T, C); read as logits it would train on C "classes" silently
+    whenever d_model >= the vocabulary."""
+    torch.manual_seed(0)
+    model = TransformerLM(ModelConfig(vocab_size=20, context_length=8, d_model=32, n_layers=1,
+                                      n_heads=2, head="none"))
+    data = torch.randint(20, (400,), generator=torch.Generator().manual_seed(0))
+    with pytest.raises(ValueError, match=r"no head.*head=\"lm\""):
+        Trainer(model, data, data, TrainConfig(steps=1, batch_size=2, device="cpu"))
