@@ -187,6 +187,19 @@ def test_logit_lens_at_the_last_layer_is_the_logits(model):
                                atol=1e-5, rtol=0)
 
 
+def test_logit_lens_reads_through_the_masked_lm_head_and_refuses_a_model_without_one():
+    """BERT's logits are decoder(transform(H)): the lens must apply the transform too."""
+    kw = dict(vocab_size=64, context_length=16, d_model=48, n_layers=2, n_heads=4, d_ff=96)
+    torch.manual_seed(0)
+    bert = perturbed(TransformerLM(ModelConfig.bert(**kw)).eval())
+    logits, cache = run_with_cache(bert, ids(T=9).clamp(max=63))
+    torch.testing.assert_close(logit_lens(bert, cache["blocks.1.resid_post"]), logits,
+                               atol=1e-5, rtol=0)
+    encoder = TransformerLM(ModelConfig.bert(**kw, head="none")).eval()
+    with pytest.raises(ValueError, match=r"no head.*head=\"none\""):
+        logit_lens(encoder, cache["blocks.1.resid_post"])
+
+
 @pytest.mark.parametrize("fast", [True, False])
 def test_patching_a_run_with_its_own_activations_changes_nothing(model, fast):
     model.set_fast(fast)
