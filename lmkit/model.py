@@ -201,6 +201,13 @@ def _padding_mask(attention_mask: Tensor, B: int, Tk: int, mask: Tensor | None) 
     if attention_mask.shape != (B, Tk):
         raise ValueError(f"attention_mask must have shape (B, Tk) = {(B, Tk)} (one entry per "
                          f"token, cached ones included), got {tuple(attention_mask.shape)}")
+    if attention_mask.dtype != torch.bool:
+        bad = attention_mask[(attention_mask != 0) & (attention_mask != 1)]
+        if bad.numel():
+            raise ValueError(
+                "attention_mask holds 1 for a real token and 0 for padding (or True/False), "
+                f"got {bad[0].item()}; pass the tokenizer's mask itself, not Hugging Face's "
+                "'extended' additive mask (0 / -10000)")
     pad = attention_mask.bool()[:, None, None, :]  # (B, 1, 1, Tk)
     return pad if mask is None else mask & pad
 
