@@ -102,8 +102,14 @@ class TrainConfig:
                              f"{list(PRECISIONS)}")
         for name in ("steps", "batch_size", "eval_interval", "eval_batches", "grad_accum"):
             v = getattr(self, name)
-            if not isinstance(v, int) or v < 1:
+            if isinstance(v, bool) or not isinstance(v, int) or v < 1:
                 raise ValueError(f"{name} must be a positive integer, got {v!r}")
+        for name in ("compile", "activation_checkpointing"):  # "no" would be truthy: ON
+            if not isinstance(getattr(self, name), bool):
+                raise ValueError(f"{name} must be True or False, got {getattr(self, name)!r}")
+        m = self.mlm_mask_id
+        if m is not None and (isinstance(m, bool) or not isinstance(m, int) or m < 0):
+            raise ValueError(f"mlm_mask_id must be None or a token id (an integer >= 0), got {m!r}")
         if not isinstance(self.warmup_steps, int) or self.warmup_steps < 0:
             raise ValueError(f"warmup_steps must be an integer >= 0, got {self.warmup_steps!r}")
         if not 0 <= self.min_lr <= self.lr:
