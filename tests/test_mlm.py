@@ -134,3 +134,21 @@ def test_trainer_refuses_a_model_without_a_head():
     data = torch.randint(20, (400,), generator=torch.Generator().manual_seed(0))
     with pytest.raises(ValueError, match=r"no head.*head=\"lm\""):
         Trainer(model, data, data, TrainConfig(steps=1, batch_size=2, device="cpu"))
+
+
+def test_batches_without_a_masked_position_do_not_put_nan_in_the_history(one_thread):
+    """With 1 window of 4 tokens, p=0.15 leaves every position unmasked in 52% of the batches;
+    cross-entropy over no position is NaN. Such a batch has nothing to predict: loss 0, no
+    gradient, and evaluation averages over the batches that do have masked positions."""
+    torch.manual_seed(0)
+    model = TransformerLM(ModelConfig.bert(vocab_size=20, context_length=4, d_model=16,
+                                           n_layers=1, n_heads=2, d_ff=32, type_vocab_size=0))
+    data = torch.randint(1, 20, (400,), generator=torch.Generator().manual_seed(0))
+    config = TrainConfig(steps=20, batch_size=1, context_length=4, warmup_steps=0,
+                         mlm_mask_id=0, device="cpu", eval_interval=10, eval_batches=8)
+    history = Trainer(model, data, data, config).run(progress=False)
+    losses = torch.tensor(history["loss"])
+    assert (losses == 0).any()  # some steps had nothing masked ...
+    assert torch.isfinite(losses).all() and (losses > 0).any()  # ... and none gave NaN
+    assert all(math.isfinite(v) for v in history["val_loss"] + history["train_loss"])
+    assert all(torch.isfinite(p).all() for p in model.parameters())
