@@ -295,6 +295,21 @@ def test_bad_names_and_hooks_give_clear_errors(model):
     assert no_hooks_left(model)  # removed even after errors
 
 
+def test_noncanonical_names_layers_and_norms_fail_before_any_work(model):
+    """'blocks.01.x' passed the check, ran the forward pass, then crashed with a KeyError;
+    head_outputs and normalize_like failed with bare IndexError/KeyError/AttributeError."""
+    with pytest.raises(ValueError, match=r"unknown activation name 'blocks.01.resid_pre'"):
+        run_with_cache(model, ids(), names=["blocks.01.resid_pre"])
+    _, cache = run_with_cache(model, ids(), names=["blocks.0.attn.z"])
+    for layer in (3, -1):
+        with pytest.raises(ValueError, match=r"layer .* 0..2"):
+            head_outputs(model, cache, layer)
+    with pytest.raises(ValueError, match=r"no 'blocks.1.attn.z'.*names="):
+        head_outputs(model, cache, 1)
+    with pytest.raises(TypeError, match=r"LayerNorm or an RMSNorm.*Identity"):
+        normalize_like(torch.nn.Identity(), torch.ones(3), torch.ones(3))
+
+
 def test_unused_hook_points_change_nothing():
     """A model's output does not depend on the hook points: same as a model without them."""
     torch.manual_seed(0)
