@@ -234,3 +234,21 @@ def test_cli_scaling_options(tmp_path, capsys):
               "--out", str(out)])
     assert "invalid choice: 'fp16'" in capsys.readouterr().err
     assert STEPS == 4
+
+
+@pytest.mark.parametrize("env, kw, match", [
+    ({"RANK": "3", "WORLD_SIZE": "1"}, {}, r"RANK=3 .* WORLD_SIZE=1"),  # hung 120 s before
+    ({"RANK": "x", "WORLD_SIZE": "2"}, {}, r"RANK must be an integer, got 'x'"),
+    ({"RANK": "0", "WORLD_SIZE": "2"}, {"timeout_s": float("nan")}, r"timeout_s .* nan"),
+    ({"RANK": "0", "WORLD_SIZE": "2"}, {"device": "mps"}, r"'mps'.*'cpu' or 'cuda'"),
+    ({"RANK": "0", "WORLD_SIZE": "2"}, {"device": "gpu"}, r"'gpu'.*'cpu' or 'cuda'"),
+])
+def test_init_from_env_checks_its_environment_before_joining(monkeypatch, env, kw, match):
+    from lmkit import distributed
+
+    for k, v in env.items():
+        monkeypatch.setenv(k, v)
+    monkeypatch.delenv("LOCAL_RANK", raising=False)
+    with pytest.raises(ValueError, match=match):
+        distributed.init_from_env(**kw)
+    assert not distributed.is_initialized()
