@@ -187,12 +187,19 @@ class ModelConfig:
         return cls(**d)
 
 
-def _token_types(ids: Tensor, token_type_ids: Tensor | None) -> Tensor:
+def _token_types(ids: Tensor, token_type_ids: Tensor | None, n_types: int) -> Tensor:
     if token_type_ids is None:
         return torch.zeros_like(ids)  # (B, T): every token in segment 0
     if token_type_ids.shape != ids.shape:
         raise ValueError(f"token_type_ids has shape {tuple(token_type_ids.shape)} but ids have "
                          f"{tuple(ids.shape)}")
+    if token_type_ids.dtype not in (torch.long, torch.int):
+        raise ValueError(f"token_type_ids must be integers (segment numbers), got "
+                         f"{token_type_ids.dtype}")
+    bad = token_type_ids[(token_type_ids < 0) | (token_type_ids >= n_types)]
+    if bad.numel():
+        raise ValueError(f"token_type_ids must be in [0, {n_types - 1}] (type_vocab_size="
+                         f"{n_types}), got {bad[0].item()}")
     return token_type_ids
 
 
@@ -402,7 +409,7 @@ class TransformerLM(nn.Module):
         if self.pos_emb is not None:
             x = x + self.pos_emb(T, start)  # (B, T, C) + (T, C)
         if self.type_emb is not None:  # segment A = 0, B = 1 (BERT)
-            x = x + self.type_emb(_token_types(ids, token_type_ids))  # (B, T, C)
+            x = x + self.type_emb(_token_types(ids, token_type_ids, c.type_vocab_size))  # (B, T, C)
         elif token_type_ids is not None:
             raise ValueError("token_type_ids given but the model has no token-type embeddings "
                              "(ModelConfig.type_vocab_size=0)")

@@ -117,6 +117,15 @@ def test_attention_mask_must_hold_ones_and_zeros():
         torch.testing.assert_close(model(x, attention_mask=ok), model(x))
 
 
+def test_token_type_ids_out_of_range_or_not_integers_are_named():
+    model = TransformerLM(tiny_bert()).eval()  # type_vocab_size 2: segments 0 and 1
+    x = ids(2, 6)
+    with pytest.raises(ValueError, match=r"token_type_ids must be in \[0, 1\].*got 2"):
+        model(x, token_type_ids=torch.full_like(x, 2))
+    with pytest.raises(ValueError, match=r"token_type_ids must be integers.*float32"):
+        model(x, token_type_ids=torch.zeros(2, 6))
+
+
 # ----------------------------------------------------------------------------- heads
 
 
