@@ -152,6 +152,10 @@ class WordPieceTokenizer:
             raise ValueError(f"the vocabulary lists {dup!r} twice")
         self.tokens = tokens  # id -> token
         self.lower, self.strip_accents, self.split_cjk = lower, strip_accents, split_cjk
+        if (isinstance(max_chars_per_word, bool) or not isinstance(max_chars_per_word, int)
+                or max_chars_per_word < 1):
+            raise ValueError(f"max_chars_per_word must be a positive integer (BERT: 100), got "
+                             f"{max_chars_per_word!r}")
         self.max_chars_per_word = max_chars_per_word
         self.max_length = max_length  # the longest input the model was trained on, if known
         self.special_tokens = {**SPECIAL_TOKENS, **(special_tokens or {})}

@@ -135,3 +135,11 @@ def test_load_and_decode_errors(tmp_path, ours):
         WordPieceTokenizer(["[PAD]", "[UNK]", "[CLS]", "[SEP]", "a"])
     assert (ours.cls_id, ours.sep_id, ours.pad_id, ours.mask_id, ours.unk_id) == (
         101, 102, 0, 103, 100)
+
+
+@pytest.mark.parametrize("bad", [0, -5, 2.5, True])
+def test_max_chars_per_word_must_be_a_positive_integer(ours, bad):
+    """0 or less made every word [UNK] without a word of warning."""
+    with pytest.raises(ValueError, match=r"max_chars_per_word must be a positive integer"):
+        WordPieceTokenizer(ours.tokens, max_chars_per_word=bad)
+
