@@ -135,6 +135,8 @@ class WordPieceTokenizer:
     `decode(ids)` joins the tokens back, gluing `##` pieces to the piece before them.
     """
 
+    CACHE_WORDS = 50_000  # words whose pieces are remembered; the cache starts over beyond
+
     def __init__(
         self,
         vocab: Iterable[str],
@@ -221,6 +223,8 @@ class WordPieceTokenizer:
                 tokens.append(w)
                 continue
             if w not in self._pieces:
+                if len(self._pieces) >= self.CACHE_WORDS:
+                    self._pieces.clear()  # bounded memory on an endless stream of new words
                 self._pieces[w] = wordpiece(w, self.vocab, self.special_tokens["unk_token"],
                                             self.max_chars_per_word)
             tokens += self._pieces[w]

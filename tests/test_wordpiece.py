@@ -143,3 +143,10 @@ def test_max_chars_per_word_must_be_a_positive_integer(ours, bad):
     with pytest.raises(ValueError, match=r"max_chars_per_word must be a positive integer"):
         WordPieceTokenizer(ours.tokens, max_chars_per_word=bad)
 
+
+def test_the_word_cache_stays_bounded(ours):
+    """Every distinct word of a corpus used to stay in the cache for the tokenizer's life."""
+    tok = WordPieceTokenizer(ours.tokens)
+    tok.encode(" ".join(f"w{i}" for i in range(tok.CACHE_WORDS + 500)))
+    assert len(tok._pieces) <= tok.CACHE_WORDS
+    assert tok.encode("w1 w2") == ours.encode("w1 w2")
