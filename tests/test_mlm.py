@@ -152,3 +152,11 @@ def test_batches_without_a_masked_position_do_not_put_nan_in_the_history(one_thr
     assert torch.isfinite(losses).all() and (losses > 0).any()  # ... and none gave NaN
     assert all(math.isfinite(v) for v in history["val_loss"] + history["train_loss"])
     assert all(torch.isfinite(p).all() for p in model.parameters())
+
+
+def test_mask_tokens_names_ids_outside_the_vocabulary_and_a_bare_special_id():
+    ids = torch.tensor([[1, 5, 50, 2]])
+    with pytest.raises(ValueError, match=r"token id 50 .* vocabulary of 20"):
+        mask_tokens(ids, 3, 20)  # the labels would hold ids the model cannot predict
+    with pytest.raises(TypeError, match=r"special_ids must be a list of ids.*\[0\]"):
+        mask_tokens(ids.clamp(max=19), 3, 20, special_ids=0)  # was "'int' object is not iterable"
