@@ -253,3 +253,14 @@ def test_init_from_env_checks_its_environment_before_joining(monkeypatch, env, k
     with pytest.raises(ValueError, match=match):
         distributed.init_from_env(**kw)
     assert not distributed.is_initialized()
+
+
+def test_is_comm_failure_does_not_claim_ordinary_errors():
+    """Any error whose text held 'timeout', 'peer' or 'connection' counted as a lost peer."""
+    from lmkit.distributed import is_comm_failure
+
+    assert not is_comm_failure(ValueError("timeout_s must be > 0 seconds, got 0"))
+    assert not is_comm_failure(RuntimeError("the peer tensor has the wrong shape"))
+    assert not is_comm_failure(RuntimeError("no connection between these two layers"))
+    assert is_comm_failure(RuntimeError("[/gloo/transport/tcp/pair.cc:534] Connection closed "
+                                        "by peer [127.0.0.1]:1234"))
