@@ -131,6 +131,10 @@ def _hooked(model: TransformerLM, fns: Mapping[str, Callable[[Tensor], Tensor | 
                 raise ValueError(f"the hook on {name!r} returned {got}; it must return a "
                                  f"tensor of the activation's shape {tuple(view(t).shape)} "
                                  "(or None to leave it unchanged)")
+            if new.dtype != t.dtype or new.device != t.device:
+                raise ValueError(f"the hook on {name!r} returned a {new.dtype} tensor on "
+                                 f"{new.device}; the activation is {t.dtype} on {t.device}: "
+                                 "return it in the same dtype and device")
             return unview(new)
         return apply
 

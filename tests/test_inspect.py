@@ -310,6 +310,15 @@ def test_noncanonical_names_layers_and_norms_fail_before_any_work(model):
         normalize_like(torch.nn.Identity(), torch.ones(3), torch.ones(3))
 
 
+def test_a_hook_returning_another_dtype_is_named(model):
+    """A float64 replacement used to fail deep inside o_proj: 'mixed dtype (CPU)'."""
+    with pytest.raises(ValueError, match=r"hook on 'blocks.0.attn.out' returned .*float64.*"
+                                         r"float32"):
+        with hooks(model, {"blocks.0.attn.out": lambda t: t.double()}):
+            model(ids())
+    assert no_hooks_left(model)
+
+
 def test_unused_hook_points_change_nothing():
     """A model's output does not depend on the hook points: same as a model without them."""
     torch.manual_seed(0)
