@@ -123,6 +123,19 @@ def wordpiece(
     return pieces
 
 
+def _read_json(path: Path) -> dict:
+    """An optional JSON settings file of a tokenizer folder: {} when absent."""
+    if not path.is_file():
+        return {}
+    try:
+        d = json.loads(read_text(path))
+    except json.JSONDecodeError as e:
+        raise ValueError(f"{path} is not valid JSON ({e}); restore the file or remove it") from None
+    if not isinstance(d, dict):
+        raise ValueError(f"{path} should hold a JSON object, not a {type(d).__name__}")
+    return d
+
+
 # what Hugging Face's WordPiece decoder does to each token (with its leading space)
 _CLEANUP = ((" .", "."), (" ?", "?"), (" !", "!"), (" ,", ","), (" ' ", "'"), (" n't", "n't"),
             (" 'm", "'m"), (" do not", " don't"), (" 's", "'s"), (" 've", "'ve"), (" 're", "'re"))
@@ -265,6 +278,9 @@ class WordPieceTokenizer:
         if present, tokenizer_config.json (do_lower_case, strip_accents, special tokens) and
         sentence-transformers' sentence_bert_config.json (max_seq_length)."""
         folder = Path(folder)
+        if folder.is_file():
+            raise NotADirectoryError(f"{folder} is a file: give the folder that holds vocab.txt "
+                                     f"(here perhaps {folder.parent})")
         vocab_file = folder / "vocab.txt"
         if not vocab_file.is_file():
             raise FileNotFoundError(f"{vocab_file} not found: a WordPiece tokenizer folder holds "
@@ -273,15 +289,12 @@ class WordPieceTokenizer:
         if lines and lines[-1] == "":
             lines.pop()  # the final newline
         tokens = [line.rstrip("\r") for line in lines]
-        config = {}
-        if (folder / "tokenizer_config.json").is_file():
-            config = json.loads(read_text(folder / "tokenizer_config.json"))
+        config = _read_json(folder / "tokenizer_config.json")
         specials = {k: v if isinstance(v, str) else v["content"]
                     for k, v in config.items() if k in SPECIAL_TOKENS and v is not None}
         max_length = config.get("model_max_length")
-        if (folder / "sentence_bert_config.json").is_file():
-            st = json.loads(read_text(folder / "sentence_bert_config.json"))
-            max_length = st.get("max_seq_length", max_length)
+        st = _read_json(folder / "sentence_bert_config.json")
+        max_length = st.get("max_seq_length", max_length)
         return cls(
             tokens, lower=config.get("do_lower_case", True),
             strip_accents=config.get("strip_accents"),

@@ -150,3 +150,12 @@ def test_the_word_cache_stays_bounded(ours):
     tok.encode(" ".join(f"w{i}" for i in range(tok.CACHE_WORDS + 500)))
     assert len(tok._pieces) <= tok.CACHE_WORDS
     assert tok.encode("w1 w2") == ours.encode("w1 w2")
+
+
+def test_load_names_a_file_given_for_the_folder_and_a_broken_config(tmp_path, ours):
+    (tmp_path / "vocab.txt").write_text("\n".join(ours.tokens) + "\n", encoding="utf-8")
+    with pytest.raises(NotADirectoryError, match=r"is a file.*the folder that holds vocab.txt"):
+        WordPieceTokenizer.load(tmp_path / "vocab.txt")  # was ".../vocab.txt/vocab.txt not found"
+    (tmp_path / "tokenizer_config.json").write_text("{do_lower_case: true", encoding="utf-8")
+    with pytest.raises(ValueError, match=r"tokenizer_config.json is not valid JSON"):
+        WordPieceTokenizer.load(tmp_path)
