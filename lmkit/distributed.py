@@ -18,6 +18,7 @@ model takes the same step.
 
 from __future__ import annotations
 
+import math
 import os
 from datetime import timedelta
 
@@ -45,10 +46,20 @@ def init_from_env(timeout_s: float = DEFAULT_TIMEOUT_S, device: str | None = Non
     if not launched_by_torchrun():
         raise RuntimeError("RANK and WORLD_SIZE are not set: start the program with "
                            "`torchrun --nproc_per_node N ...`, or train in one process")
-    if timeout_s <= 0:
-        raise ValueError(f"timeout_s must be > 0 seconds, got {timeout_s}")
-    local_rank = int(os.environ.get("LOCAL_RANK", os.environ["RANK"]))
+    if not 0 < timeout_s < math.inf:  # also refuses nan
+        raise ValueError(f"timeout_s must be a finite number of seconds > 0, got {timeout_s}")
+    rank_, world = _env_int("RANK"), _env_int("WORLD_SIZE")
+    if not 0 <= rank_ < world:
+        raise ValueError(f"RANK={rank_} with WORLD_SIZE={world}: ranks are 0 ... WORLD_SIZE - 1 "
+                         "(torchrun sets both; a wrong pair would wait for peers that never come)")
+    local_rank = _env_int("LOCAL_RANK") if "LOCAL_RANK" in os.environ else rank_
+    if device is not None and device != "cpu" and not device.startswith("cuda"):
+        raise ValueError(f"device {device!r} cannot train distributed: use 'cpu' or 'cuda' "
+                         "(torch.distributed has gloo for CPUs and NCCL for CUDA GPUs)")
     use_cuda = torch.cuda.is_available() if device is None else device.startswith("cuda")
+    if use_cuda and not torch.cuda.is_available():
+        raise RuntimeError("device 'cuda' asked for, but PyTorch sees no CUDA GPU here; use "
+                           "device='cpu'")
     if use_cuda:
         torch.cuda.set_device(local_rank)
         device = f"cuda:{local_rank}"
@@ -58,6 +69,14 @@ def init_from_env(timeout_s: float = DEFAULT_TIMEOUT_S, device: str | None = Non
         dist.init_process_group("nccl" if use_cuda else "gloo",
                                 timeout=timedelta(seconds=timeout_s))
     return device
+
+
+def _env_int(name: str) -> int:
+    value = os.environ[name]
+    try:
+        return int(value)
+    except ValueError:
+        raise ValueError(f"{name} must be an integer, got {value!r} (it is set by torchrun)") from None
 
 
 def is_initialized() -> bool:
@@ -93,9 +112,10 @@ def is_comm_failure(e: BaseException) -> bool:
     (a peer that crashed closes its connections; one that hangs makes a collective time out)."""
     if isinstance(e, dist.DistError):
         return True
+    # the backends' own errors name them (e.g. "[.../gloo/transport/tcp/pair.cc] Connection
+    # closed by peer"); words like "timeout" or "peer" alone would claim ordinary errors
     text = str(e).lower()
-    return any(s in text for s in ("gloo", "nccl", "connection", "timed out", "timeout",
-                                   "peer", "broken pipe"))
+    return isinstance(e, RuntimeError) and any(s in text for s in ("gloo", "nccl", "c10d"))
 
 
 def barrier() -> None:

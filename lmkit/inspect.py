@@ -47,7 +47,7 @@ BLOCK_NAMES = (
     "resid_pre", "attn.pattern", "attn.z", "attn.out", "resid_mid", "mlp.post", "mlp.out",
     "resid_post",
 )
-_NAME = re.compile(r"blocks\.(\d+)\.(" + "|".join(re.escape(n) for n in BLOCK_NAMES) + r")")
+_NAME = re.compile(r"blocks\.(0|[1-9]\d*)\.(" + "|".join(re.escape(n) for n in BLOCK_NAMES) + r")")
 
 
 class HookPoint(nn.Identity):
@@ -131,6 +131,10 @@ def _hooked(model: TransformerLM, fns: Mapping[str, Callable[[Tensor], Tensor | 
                 raise ValueError(f"the hook on {name!r} returned {got}; it must return a "
                                  f"tensor of the activation's shape {tuple(view(t).shape)} "
                                  "(or None to leave it unchanged)")
+            if new.dtype != t.dtype or new.device != t.device:
+                raise ValueError(f"the hook on {name!r} returned a {new.dtype} tensor on "
+                                 f"{new.device}; the activation is {t.dtype} on {t.device}: "
+                                 "return it in the same dtype and device")
             return unview(new)
         return apply
 
@@ -204,6 +208,12 @@ def head_outputs(model: TransformerLM, cache: Mapping[str, Tensor], layer: int) 
 
     Attention's output is their sum over heads plus o_proj's bias (if any), chapter 11.
     """
+    n = len(model.blocks)
+    if isinstance(layer, bool) or not isinstance(layer, int) or not 0 <= layer < n:
+        raise ValueError(f"layer must be a block number 0..{n - 1}, got {layer!r}")
+    if f"blocks.{layer}.attn.z" not in cache:
+        raise ValueError(f"the cache has no 'blocks.{layer}.attn.z'; run run_with_cache with "
+                         f"names=None (all) or names including 'blocks.{layer}.attn.z'")
     attn = model.blocks[layer].attn
     z = cache[f"blocks.{layer}.attn.z"]  # (B, T, H, D)
     H, D = attn.n_heads, attn.head_dim
@@ -218,6 +228,11 @@ def normalize_like(norm: nn.Module, x: Tensor, resid: Tensor) -> Tensor:
     had for `resid` makes the norm linear, so norm(resid) = sum of normalize_like(norm, piece,
     resid) over the pieces of resid, plus norm's bias (chapter 11, direct logit attribution).
     """
+    if getattr(norm, "eps", None) is None or getattr(norm, "weight", None) is None:
+        raise TypeError(
+            f"normalize_like needs a LayerNorm or an RMSNorm (with eps and weight), got "
+            f"{type(norm).__name__}; a post-norm model's norm_f is an Identity: its last norm is "
+            "the last block's norm2")
     eps = norm.eps
     r32, x32 = resid.float(), x.float()
     if hasattr(norm, "bias"):  # LayerNorm: centre each piece, divide by the stream's std
@@ -229,5 +244,14 @@ def normalize_like(norm: nn.Module, x: Tensor, resid: Tensor) -> Tensor:
 
 
 def logit_lens(model: TransformerLM, resid: Tensor) -> Tensor:
-    """Read a stream state as if it were the last one: lm_head(norm_f(resid)), (..., V) (ch. 11)."""
-    return model.lm_head(model.norm_f(resid))
+    """Read a stream state as if it were the last one: lm_head(norm_f(resid)), (..., V) (ch. 11).
+
+    A masked-LM model (chapter 10) has its head's transform before lm_head; it is applied too.
+    """
+    if model.lm_head is None:
+        raise ValueError('the model has no head (ModelConfig head="none"): there are no logits '
+                         "to read the stream through; the lens needs an LM or masked-LM head")
+    h = model.norm_f(resid)  # (..., C)
+    if model.mlm_transform is not None:
+        h = model.mlm_transform(h)  # (..., C)
+    return model.lm_head(h)  # (..., V)

@@ -70,6 +70,12 @@ def mask_tokens(
         raise ValueError(f"the masking probability p must be in (0, 1), got {p}")
     if not 0 <= mask_id < vocab_size:
         raise ValueError(f"mask_id {mask_id} is not a token id of a vocabulary of {vocab_size}")
+    if ids.numel() and not 0 <= int(ids.min()) <= int(ids.max()) < vocab_size:
+        bad = ids[(ids < 0) | (ids >= vocab_size)][0].item()
+        raise ValueError(f"token id {bad} is outside the vocabulary of {vocab_size} tokens")
+    if isinstance(special_ids, int):
+        raise TypeError(f"special_ids must be a list of ids, got the single id {special_ids}; "
+                        f"write special_ids=[{special_ids}]")
     u_select = torch.rand(ids.shape, generator=generator).to(ids.device)  # (B, T)
     u_kind = torch.rand(ids.shape, generator=generator).to(ids.device)  # (B, T)
     random_ids = torch.randint(vocab_size, ids.shape, generator=generator).to(ids.device)

@@ -187,12 +187,19 @@ class ModelConfig:
         return cls(**d)
 
 
-def _token_types(ids: Tensor, token_type_ids: Tensor | None) -> Tensor:
+def _token_types(ids: Tensor, token_type_ids: Tensor | None, n_types: int) -> Tensor:
     if token_type_ids is None:
         return torch.zeros_like(ids)  # (B, T): every token in segment 0
     if token_type_ids.shape != ids.shape:
         raise ValueError(f"token_type_ids has shape {tuple(token_type_ids.shape)} but ids have "
                          f"{tuple(ids.shape)}")
+    if token_type_ids.dtype not in (torch.long, torch.int):
+        raise ValueError(f"token_type_ids must be integers (segment numbers), got "
+                         f"{token_type_ids.dtype}")
+    bad = token_type_ids[(token_type_ids < 0) | (token_type_ids >= n_types)]
+    if bad.numel():
+        raise ValueError(f"token_type_ids must be in [0, {n_types - 1}] (type_vocab_size="
+                         f"{n_types}), got {bad[0].item()}")
     return token_type_ids
 
 
@@ -201,6 +208,13 @@ def _padding_mask(attention_mask: Tensor, B: int, Tk: int, mask: Tensor | None) 
     if attention_mask.shape != (B, Tk):
         raise ValueError(f"attention_mask must have shape (B, Tk) = {(B, Tk)} (one entry per "
                          f"token, cached ones included), got {tuple(attention_mask.shape)}")
+    if attention_mask.dtype != torch.bool:
+        bad = attention_mask[(attention_mask != 0) & (attention_mask != 1)]
+        if bad.numel():
+            raise ValueError(
+                "attention_mask holds 1 for a real token and 0 for padding (or True/False), "
+                f"got {bad[0].item()}; pass the tokenizer's mask itself, not Hugging Face's "
+                "'extended' additive mask (0 / -10000)")
     pad = attention_mask.bool()[:, None, None, :]  # (B, 1, 1, Tk)
     return pad if mask is None else mask & pad
 
@@ -395,7 +409,7 @@ class TransformerLM(nn.Module):
         if self.pos_emb is not None:
             x = x + self.pos_emb(T, start)  # (B, T, C) + (T, C)
         if self.type_emb is not None:  # segment A = 0, B = 1 (BERT)
-            x = x + self.type_emb(_token_types(ids, token_type_ids))  # (B, T, C)
+            x = x + self.type_emb(_token_types(ids, token_type_ids, c.type_vocab_size))  # (B, T, C)
         elif token_type_ids is not None:
             raise ValueError("token_type_ids given but the model has no token-type embeddings "
                              "(ModelConfig.type_vocab_size=0)")

@@ -388,8 +388,16 @@ def sentence_embeddings(
     if model.lm_head is not None:
         raise ValueError("sentence_embeddings needs a model without a head (config.head='none'), "
                          "such as load_minilm()'s; this one returns logits")
+    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+        raise ValueError(f"batch_size must be a positive integer, got {batch_size!r}")
+    if max_length is not None and (isinstance(max_length, bool) or
+                                   not isinstance(max_length, int) or max_length < 2):
+        raise ValueError(f"max_length must be an integer >= 2 ([CLS] and [SEP] take two "
+                         f"places) or None for the tokenizer's limit, got {max_length!r}")
     limit = model.config.context_length
-    max_length = min(max_length or getattr(tokenizer, "max_length", None) or limit, limit)
+    if max_length is None:
+        max_length = getattr(tokenizer, "max_length", None) or limit
+    max_length = min(max_length, limit)
     device = next(model.parameters()).device
     encoded = [tokenizer.encode(s, add_special_tokens=False)[: max_length - 2] for s in sentences]
     encoded = [[tokenizer.cls_id, *ids, tokenizer.sep_id] for ids in encoded]

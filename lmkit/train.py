@@ -54,7 +54,7 @@ from torch import Tensor, nn
 from lmkit import distributed
 from lmkit.data import get_batch
 from lmkit.io import _fsync_folder, read_safetensors, read_text, write_atomic
-from lmkit.mlm import mask_tokens
+from lmkit.mlm import IGNORE_INDEX, mask_tokens
 from lmkit.model import ModelConfig, TransformerLM
 
 __all__ = [
@@ -102,8 +102,14 @@ class TrainConfig:
                              f"{list(PRECISIONS)}")
         for name in ("steps", "batch_size", "eval_interval", "eval_batches", "grad_accum"):
             v = getattr(self, name)
-            if not isinstance(v, int) or v < 1:
+            if isinstance(v, bool) or not isinstance(v, int) or v < 1:
                 raise ValueError(f"{name} must be a positive integer, got {v!r}")
+        for name in ("compile", "activation_checkpointing"):  # "no" would be truthy: ON
+            if not isinstance(getattr(self, name), bool):
+                raise ValueError(f"{name} must be True or False, got {getattr(self, name)!r}")
+        m = self.mlm_mask_id
+        if m is not None and (isinstance(m, bool) or not isinstance(m, int) or m < 0):
+            raise ValueError(f"mlm_mask_id must be None or a token id (an integer >= 0), got {m!r}")
         if not isinstance(self.warmup_steps, int) or self.warmup_steps < 0:
             raise ValueError(f"warmup_steps must be an integer >= 0, got {self.warmup_steps!r}")
         if not 0 <= self.min_lr <= self.lr:
@@ -243,7 +249,7 @@ def evaluate(
     model.eval()
     g = torch.Generator().manual_seed(seed)
     rank, world = distributed.rank(), distributed.world_size()
-    total = 0.0
+    total, scored = 0.0, 0
     for _ in range(batches):
         if world == 1:
             x, y = get_batch(ids, batch_size, context_length, generator=g, device=device)
@@ -251,13 +257,17 @@ def evaluate(
             ((x, y),) = step_batches(ids, batch_size, context_length, g, 1, rank, world, device)
         if mask_id is not None:  # inputs with [MASK]s, labels -100 except at masked positions
             x, y = mask_tokens(x, mask_id, model.config.vocab_size, mlm_probability, g)
+            if not (y != IGNORE_INDEX).any():
+                continue  # nothing masked (tiny batches): no loss to measure, skip the batch
         with autocast(device, precision):
             total += lm_loss(model(x), y).item()
+        scored += 1
     model.train(was_training)
+    mean = total / scored if scored else float("nan")  # NaN only if no batch had a mask
     if world > 1:
-        mean = torch.tensor(total / batches, dtype=torch.float64, device=device)
-        return distributed.all_reduce_mean(mean).item()
-    return total / batches
+        return distributed.all_reduce_mean(
+            torch.tensor(mean, dtype=torch.float64, device=device)).item()
+    return mean
 
 
 def step_batches(
@@ -370,6 +380,16 @@ class Trainer:
     def __init__(
         self, model: TransformerLM, train_ids: Tensor, val_ids: Tensor, config: TrainConfig
     ):
+        if model.lm_head is None:
+            raise ValueError(
+                "the model has no head (ModelConfig head=\"none\"): it returns the trunk's "
+                "vectors H, not logits, and there is nothing to train a loss on; use "
+                "head=\"lm\" (next token) or head=\"mlm\" (masked LM, chapter 10)")
+        if not model.config.causal and config.mlm_mask_id is None:
+            raise ValueError(
+                "the model is bidirectional (ModelConfig causal=False): trained to predict the "
+                "next token it would see that token and learn to copy it. Train it as a masked "
+                "LM (TrainConfig mlm_mask_id=<the [MASK] id>, chapter 10), or use causal=True")
         self.config = config
         self.device = pick_device(config.device)
         self.model = model.to(self.device)
@@ -420,6 +440,9 @@ class Trainer:
         optimizer step. With grad_accum K each micro-batch's loss is divided by K, so the
         summed gradient is that of the mean loss over all K micro-batches (chapter 12);
         under DDP the gradients are all-reduced once, after the last micro-batch.
+        For a masked LM each micro-batch's loss is the mean over its own masked positions, so
+        micro-batches (and processes) weigh equally, not masked tokens: close to, not exactly,
+        the step of one K times larger batch.
         """
         c = self.config
         batches = step_batches(self.train_ids, c.batch_size, self.context_length,
@@ -433,9 +456,14 @@ class Trainer:
         for k, (x, y) in enumerate(batches):
             last = k == len(batches) - 1
             skip_sync = self.ddp.no_sync() if self.ddp is not None and not last else None
+            # a masked-LM batch with no masked position (tiny batches) has nothing to predict:
+            # cross-entropy over no position is NaN, so it counts as loss 0 with gradient 0
+            empty = c.mlm_mask_id is not None and not (y != IGNORE_INDEX).any()
             with skip_sync or contextlib.nullcontext():
                 with autocast(self.device, c.precision):
-                    loss = lm_loss(self.engine(x), y) / c.grad_accum
+                    logits = self.engine(x)  # (B/N, T, V)
+                    loss = (logits.sum() * 0.0 if empty  # every weight still takes part (DDP)
+                            else lm_loss(logits, y) / c.grad_accum)
                 loss.backward()
             total += loss.detach().float()
         loss = distributed.all_reduce_mean(total)  # the global batch's loss, for the history

@@ -123,6 +123,19 @@ def wordpiece(
     return pieces
 
 
+def _read_json(path: Path) -> dict:
+    """An optional JSON settings file of a tokenizer folder: {} when absent."""
+    if not path.is_file():
+        return {}
+    try:
+        d = json.loads(read_text(path))
+    except json.JSONDecodeError as e:
+        raise ValueError(f"{path} is not valid JSON ({e}); restore the file or remove it") from None
+    if not isinstance(d, dict):
+        raise ValueError(f"{path} should hold a JSON object, not a {type(d).__name__}")
+    return d
+
+
 # what Hugging Face's WordPiece decoder does to each token (with its leading space)
 _CLEANUP = ((" .", "."), (" ?", "?"), (" !", "!"), (" ,", ","), (" ' ", "'"), (" n't", "n't"),
             (" 'm", "'m"), (" do not", " don't"), (" 's", "'s"), (" 've", "'ve"), (" 're", "'re"))
@@ -134,6 +147,8 @@ class WordPieceTokenizer:
     `encode(text)` gives [CLS] ids [SEP] (without them with `add_special_tokens=False`);
     `decode(ids)` joins the tokens back, gluing `##` pieces to the piece before them.
     """
+
+    CACHE_WORDS = 50_000  # words whose pieces are remembered; the cache starts over beyond
 
     def __init__(
         self,
@@ -152,6 +167,10 @@ class WordPieceTokenizer:
             raise ValueError(f"the vocabulary lists {dup!r} twice")
         self.tokens = tokens  # id -> token
         self.lower, self.strip_accents, self.split_cjk = lower, strip_accents, split_cjk
+        if (isinstance(max_chars_per_word, bool) or not isinstance(max_chars_per_word, int)
+                or max_chars_per_word < 1):
+            raise ValueError(f"max_chars_per_word must be a positive integer (BERT: 100), got "
+                             f"{max_chars_per_word!r}")
         self.max_chars_per_word = max_chars_per_word
         self.max_length = max_length  # the longest input the model was trained on, if known
         self.special_tokens = {**SPECIAL_TOKENS, **(special_tokens or {})}
@@ -217,6 +236,8 @@ class WordPieceTokenizer:
                 tokens.append(w)
                 continue
             if w not in self._pieces:
+                if len(self._pieces) >= self.CACHE_WORDS:
+                    self._pieces.clear()  # bounded memory on an endless stream of new words
                 self._pieces[w] = wordpiece(w, self.vocab, self.special_tokens["unk_token"],
                                             self.max_chars_per_word)
             tokens += self._pieces[w]
@@ -257,6 +278,9 @@ class WordPieceTokenizer:
         if present, tokenizer_config.json (do_lower_case, strip_accents, special tokens) and
         sentence-transformers' sentence_bert_config.json (max_seq_length)."""
         folder = Path(folder)
+        if folder.is_file():
+            raise NotADirectoryError(f"{folder} is a file: give the folder that holds vocab.txt "
+                                     f"(here perhaps {folder.parent})")
         vocab_file = folder / "vocab.txt"
         if not vocab_file.is_file():
             raise FileNotFoundError(f"{vocab_file} not found: a WordPiece tokenizer folder holds "
@@ -265,15 +289,12 @@ class WordPieceTokenizer:
         if lines and lines[-1] == "":
             lines.pop()  # the final newline
         tokens = [line.rstrip("\r") for line in lines]
-        config = {}
-        if (folder / "tokenizer_config.json").is_file():
-            config = json.loads(read_text(folder / "tokenizer_config.json"))
+        config = _read_json(folder / "tokenizer_config.json")
         specials = {k: v if isinstance(v, str) else v["content"]
                     for k, v in config.items() if k in SPECIAL_TOKENS and v is not None}
         max_length = config.get("model_max_length")
-        if (folder / "sentence_bert_config.json").is_file():
-            st = json.loads(read_text(folder / "sentence_bert_config.json"))
-            max_length = st.get("max_seq_length", max_length)
+        st = _read_json(folder / "sentence_bert_config.json")
+        max_length = st.get("max_seq_length", max_length)
         return cls(
             tokens, lower=config.get("do_lower_case", True),
             strip_accents=config.get("strip_accents"),

@@ -102,6 +102,30 @@ def test_padding_mask_errors_name_the_shapes():
         tiny_bert(head="pool")
 
 
+def test_attention_mask_must_hold_ones_and_zeros():
+    """Hugging Face's "extended" mask (0 for real, -10000 for padding) read as 1/0 would mark
+    the padding real and the real tokens padding: refuse anything but 0/1 or booleans."""
+    model = TransformerLM(tiny_bert()).eval()
+    x = ids(2, 6)
+    extended = torch.tensor([[0.0] * 6, [0.0] * 4 + [-10000.0] * 2])
+    with pytest.raises(ValueError, match=r"1 for a real token and 0 for padding.*-10000"):
+        model(x, attention_mask=extended)
+    with pytest.raises(ValueError, match=r"got 2"):
+        model(x, attention_mask=torch.full((2, 6), 2))
+    ones = torch.ones(2, 6)
+    for ok in (ones, ones.long(), ones.bool()):
+        torch.testing.assert_close(model(x, attention_mask=ok), model(x))
+
+
+def test_token_type_ids_out_of_range_or_not_integers_are_named():
+    model = TransformerLM(tiny_bert()).eval()  # type_vocab_size 2: segments 0 and 1
+    x = ids(2, 6)
+    with pytest.raises(ValueError, match=r"token_type_ids must be in \[0, 1\].*got 2"):
+        model(x, token_type_ids=torch.full_like(x, 2))
+    with pytest.raises(ValueError, match=r"token_type_ids must be integers.*float32"):
+        model(x, token_type_ids=torch.zeros(2, 6))
+
+
 # ----------------------------------------------------------------------------- heads
 
 

@@ -187,6 +187,19 @@ def test_logit_lens_at_the_last_layer_is_the_logits(model):
                                atol=1e-5, rtol=0)
 
 
+def test_logit_lens_reads_through_the_masked_lm_head_and_refuses_a_model_without_one():
+    """BERT's logits are decoder(transform(H)): the lens must apply the transform too."""
+    kw = dict(vocab_size=64, context_length=16, d_model=48, n_layers=2, n_heads=4, d_ff=96)
+    torch.manual_seed(0)
+    bert = perturbed(TransformerLM(ModelConfig.bert(**kw)).eval())
+    logits, cache = run_with_cache(bert, ids(T=9).clamp(max=63))
+    torch.testing.assert_close(logit_lens(bert, cache["blocks.1.resid_post"]), logits,
+                               atol=1e-5, rtol=0)
+    encoder = TransformerLM(ModelConfig.bert(**kw, head="none")).eval()
+    with pytest.raises(ValueError, match=r"no head.*head=\"none\""):
+        logit_lens(encoder, cache["blocks.1.resid_post"])
+
+
 @pytest.mark.parametrize("fast", [True, False])
 def test_patching_a_run_with_its_own_activations_changes_nothing(model, fast):
     model.set_fast(fast)
@@ -280,6 +293,30 @@ def test_bad_names_and_hooks_give_clear_errors(model):
         with hooks(model, {"final": 3}):
             pass
     assert no_hooks_left(model)  # removed even after errors
+
+
+def test_noncanonical_names_layers_and_norms_fail_before_any_work(model):
+    """'blocks.01.x' passed the check, ran the forward pass, then crashed with a KeyError;
+    head_outputs and normalize_like failed with bare IndexError/KeyError/AttributeError."""
+    with pytest.raises(ValueError, match=r"unknown activation name 'blocks.01.resid_pre'"):
+        run_with_cache(model, ids(), names=["blocks.01.resid_pre"])
+    _, cache = run_with_cache(model, ids(), names=["blocks.0.attn.z"])
+    for layer in (3, -1):
+        with pytest.raises(ValueError, match=r"layer .* 0..2"):
+            head_outputs(model, cache, layer)
+    with pytest.raises(ValueError, match=r"no 'blocks.1.attn.z'.*names="):
+        head_outputs(model, cache, 1)
+    with pytest.raises(TypeError, match=r"LayerNorm or an RMSNorm.*Identity"):
+        normalize_like(torch.nn.Identity(), torch.ones(3), torch.ones(3))
+
+
+def test_a_hook_returning_another_dtype_is_named(model):
+    """A float64 replacement used to fail deep inside o_proj: 'mixed dtype (CPU)'."""
+    with pytest.raises(ValueError, match=r"hook on 'blocks.0.attn.out' returned .*float64.*"
+                                         r"float32"):
+        with hooks(model, {"blocks.0.attn.out": lambda t: t.double()}):
+            model(ids())
+    assert no_hooks_left(model)
 
 
 def test_unused_hook_points_change_nothing():

@@ -86,3 +86,19 @@ def test_errors(minilm):
                                         n_heads=2, d_ff=64))
     with pytest.raises(ValueError, match="without a head"):
         sentence_embeddings(lm, tok, ["hi"])
+
+
+@pytest.mark.parametrize("bad", [0, 1, -3, 2.5, True])
+def test_max_length_below_two_or_not_an_int_is_refused(minilm, bad):
+    """[CLS] and [SEP] take two places: max_length=1 used to cut with [:-1] (all tokens but the
+    last, longer than the limit) and 0 meant 'the default'."""
+    model, tok = minilm
+    with pytest.raises(ValueError, match=r"max_length must be an integer >= 2"):
+        sentence_embeddings(model, tok, ["the cat sat on the mat"], max_length=bad)
+
+
+@pytest.mark.parametrize("bad", [0, -1, 1.5])
+def test_batch_size_must_be_a_positive_integer(minilm, bad):
+    model, tok = minilm
+    with pytest.raises(ValueError, match=r"batch_size must be a positive integer"):
+        sentence_embeddings(model, tok, ["a", "b"], batch_size=bad)

@@ -534,3 +534,15 @@ def test_model_file_that_is_not_safetensors_is_named(tmp_path, content, cause):
     with pytest.raises(ValueError, match=rf"model.safetensors is not a valid safetensors file: "
                                          rf".*{cause}"):
         T.load_model(tmp_path)
+
+
+@pytest.mark.parametrize("field, bad", [
+    ("activation_checkpointing", "no"),  # a non-empty string is truthy: it switched it ON
+    ("compile", "yes"), ("compile", 1),
+    ("grad_accum", True), ("steps", True), ("batch_size", 2.0),
+    ("mlm_mask_id", -1), ("mlm_mask_id", True),
+])
+def test_train_config_type_checks_switches_and_counts(field, bad):
+    kind = "True or False" if field in ("compile", "activation_checkpointing") else "integer"
+    with pytest.raises(ValueError, match=rf"{field} must be .*{kind}.*got {bad!r}"):
+        T.TrainConfig(**{field: bad})

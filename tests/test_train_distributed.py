@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from ddp_worker import STEPS, corpus, make_config, make_model
+from ddp_worker import corpus, make_config, make_model
 
 from lmkit.__main__ import main
 from lmkit.tokenizer import CharTokenizer
@@ -226,11 +226,41 @@ def test_cli_scaling_options(tmp_path, capsys):
     main(["train", "--corpus", str(tmp_path / "c.txt"), "--steps", "2", "--batch-size", "2",
           "--grad-accum", "2", "--precision", "bf16", "--activation-checkpointing",
           "--no-progress", "--out", str(out)])
-    state = json.loads((out / "trainer_state.json").read_text())["train_config"]
+    saved = json.loads((out / "trainer_state.json").read_text())
+    state = saved["train_config"]
     assert (state["precision"], state["grad_accum"], state["activation_checkpointing"]) == \
         ("bf16", 2, True)
+    assert saved["step"] == 2  # the run took the steps asked for
     with pytest.raises(SystemExit):
         main(["train", "--corpus", str(tmp_path / "c.txt"), "--precision", "fp16",
               "--out", str(out)])
     assert "invalid choice: 'fp16'" in capsys.readouterr().err
-    assert STEPS == 4
+
+
+@pytest.mark.parametrize("env, kw, match", [
+    ({"RANK": "3", "WORLD_SIZE": "1"}, {}, r"RANK=3 .* WORLD_SIZE=1"),  # hung 120 s before
+    ({"RANK": "x", "WORLD_SIZE": "2"}, {}, r"RANK must be an integer, got 'x'"),
+    ({"RANK": "0", "WORLD_SIZE": "2"}, {"timeout_s": float("nan")}, r"timeout_s .* nan"),
+    ({"RANK": "0", "WORLD_SIZE": "2"}, {"device": "mps"}, r"'mps'.*'cpu' or 'cuda'"),
+    ({"RANK": "0", "WORLD_SIZE": "2"}, {"device": "gpu"}, r"'gpu'.*'cpu' or 'cuda'"),
+])
+def test_init_from_env_checks_its_environment_before_joining(monkeypatch, env, kw, match):
+    from lmkit import distributed
+
+    for k, v in env.items():
+        monkeypatch.setenv(k, v)
+    monkeypatch.delenv("LOCAL_RANK", raising=False)
+    with pytest.raises(ValueError, match=match):
+        distributed.init_from_env(**kw)
+    assert not distributed.is_initialized()
+
+
+def test_is_comm_failure_does_not_claim_ordinary_errors():
+    """Any error whose text held 'timeout', 'peer' or 'connection' counted as a lost peer."""
+    from lmkit.distributed import is_comm_failure
+
+    assert not is_comm_failure(ValueError("timeout_s must be > 0 seconds, got 0"))
+    assert not is_comm_failure(RuntimeError("the peer tensor has the wrong shape"))
+    assert not is_comm_failure(RuntimeError("no connection between these two layers"))
+    assert is_comm_failure(RuntimeError("[/gloo/transport/tcp/pair.cc:534] Connection closed "
+                                        "by peer [127.0.0.1]:1234"))

@@ -135,3 +135,27 @@ def test_load_and_decode_errors(tmp_path, ours):
         WordPieceTokenizer(["[PAD]", "[UNK]", "[CLS]", "[SEP]", "a"])
     assert (ours.cls_id, ours.sep_id, ours.pad_id, ours.mask_id, ours.unk_id) == (
         101, 102, 0, 103, 100)
+
+
+@pytest.mark.parametrize("bad", [0, -5, 2.5, True])
+def test_max_chars_per_word_must_be_a_positive_integer(ours, bad):
+    """0 or less made every word [UNK] without a word of warning."""
+    with pytest.raises(ValueError, match=r"max_chars_per_word must be a positive integer"):
+        WordPieceTokenizer(ours.tokens, max_chars_per_word=bad)
+
+
+def test_the_word_cache_stays_bounded(ours):
+    """Every distinct word of a corpus used to stay in the cache for the tokenizer's life."""
+    tok = WordPieceTokenizer(ours.tokens)
+    tok.encode(" ".join(f"w{i}" for i in range(tok.CACHE_WORDS + 500)))
+    assert len(tok._pieces) <= tok.CACHE_WORDS
+    assert tok.encode("w1 w2") == ours.encode("w1 w2")
+
+
+def test_load_names_a_file_given_for_the_folder_and_a_broken_config(tmp_path, ours):
+    (tmp_path / "vocab.txt").write_text("\n".join(ours.tokens) + "\n", encoding="utf-8")
+    with pytest.raises(NotADirectoryError, match=r"is a file.*the folder that holds vocab.txt"):
+        WordPieceTokenizer.load(tmp_path / "vocab.txt")  # was ".../vocab.txt/vocab.txt not found"
+    (tmp_path / "tokenizer_config.json").write_text("{do_lower_case: true", encoding="utf-8")
+    with pytest.raises(ValueError, match=r"tokenizer_config.json is not valid JSON"):
+        WordPieceTokenizer.load(tmp_path)
