@@ -41,6 +41,15 @@ def tcfg(**kw):
     return T.TrainConfig(**{**base, **kw})
 
 
+def trainer_after_two_of_four_steps():
+    """A Trainer (seeded) that has run 2 of its 4 steps, with its data: for checkpoint tests."""
+    train, val = tiny_data()
+    torch.manual_seed(0)
+    t = T.Trainer(TransformerLM(tiny_config()), train, val, tcfg(steps=4))
+    t.run(steps=2, progress=False)
+    return t, train, val
+
+
 def test_lm_loss_is_minus_log_prob_of_the_right_next_token():
     logits = torch.randn(2, 3, 5, generator=torch.Generator().manual_seed(0))
     targets = torch.tensor([[1, 0, 4], [2, 2, 3]])
@@ -282,10 +291,7 @@ def test_missing_folder_is_a_clear_error(tmp_path):
 
 
 def test_interrupted_save_keeps_the_previous_checkpoint(tmp_path, monkeypatch):
-    train, val = tiny_data()
-    torch.manual_seed(0)
-    t = T.Trainer(TransformerLM(tiny_config()), train, val, tcfg(steps=4))
-    t.run(steps=2, progress=False)
+    t, train, val = trainer_after_two_of_four_steps()
     t.save(tmp_path / "ckpt")
     before = {p.name: p.read_bytes() for p in (tmp_path / "ckpt").iterdir()}
     t.run(progress=False)
@@ -316,10 +322,7 @@ def test_save_interrupted_at_any_step_resumes_at_the_old_or_the_new_step(
     import os
     import shutil
 
-    train, val = tiny_data()
-    torch.manual_seed(0)
-    t = T.Trainer(TransformerLM(tiny_config()), train, val, tcfg(steps=4))
-    t.run(steps=2, progress=False)
+    t, train, val = trainer_after_two_of_four_steps()
     folder = tmp_path / "ckpt"
     t.save(folder)
     (folder / "vocab.json").write_text("{}")  # a tokenizer saved beside the checkpoint
@@ -355,10 +358,7 @@ def test_save_interrupted_at_any_step_resumes_at_the_old_or_the_new_step(
 
 
 def test_stale_leftovers_of_a_killed_save_are_removed_by_the_next_save(tmp_path):
-    train, val = tiny_data()
-    torch.manual_seed(0)
-    t = T.Trainer(TransformerLM(tiny_config()), train, val, tcfg(steps=4))
-    t.run(steps=2, progress=False)
+    t, train, val = trainer_after_two_of_four_steps()
     t.save(tmp_path / "ckpt")
     (tmp_path / ".ckpt.saving").mkdir()  # a save killed (SIGKILL, power cut) while writing
     (tmp_path / ".ckpt.saving" / "model.safetensors").write_bytes(b"half")
@@ -374,10 +374,7 @@ def test_stale_leftovers_of_a_killed_save_are_removed_by_the_next_save(tmp_path)
 
 
 def test_a_reader_loading_during_a_save_does_not_break_it(tmp_path, monkeypatch):
-    train, val = tiny_data()
-    torch.manual_seed(0)
-    t = T.Trainer(TransformerLM(tiny_config()), train, val, tcfg(steps=4))
-    t.run(steps=2, progress=False)
+    t, train, val = trainer_after_two_of_four_steps()
     folder = tmp_path / "ckpt"
     t.save(folder)
     t.run(progress=False)
@@ -438,10 +435,7 @@ def test_save_refuses_the_working_directory_and_folders_holding_other_files(
 
 
 def test_extra_files_are_written_into_the_new_folder_before_the_swap(tmp_path):
-    train, val = tiny_data()
-    torch.manual_seed(0)
-    t = T.Trainer(TransformerLM(tiny_config()), train, val, tcfg(steps=4))
-    t.run(steps=2, progress=False)
+    t, train, val = trainer_after_two_of_four_steps()
     folder = tmp_path / "ckpt"
     t.save(folder, extra=lambda new: (new / "vocab.json").write_text("old"))
     t.run(progress=False)
@@ -463,10 +457,7 @@ def test_extra_files_are_written_into_the_new_folder_before_the_swap(tmp_path):
 
 
 def test_partly_written_checkpoint_is_detected(tmp_path):
-    train, val = tiny_data()
-    torch.manual_seed(0)
-    t = T.Trainer(TransformerLM(tiny_config()), train, val, tcfg(steps=4))
-    t.run(steps=2, progress=False)
+    t, train, val = trainer_after_two_of_four_steps()
     t.save(tmp_path / "old")
     t.run(progress=False)
     t.save(tmp_path / "new")
