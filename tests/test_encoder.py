@@ -8,6 +8,7 @@ import json
 
 import pytest
 import torch
+from reference import perturbed
 from transformers import BertConfig, BertForMaskedLM, BertModel
 
 from lmkit.model import ModelConfig, TransformerLM, mean_pool
@@ -21,14 +22,6 @@ def tiny_bert(**overrides):
     base = dict(vocab_size=V, context_length=CTX, d_model=32, n_layers=2, n_heads=4, d_ff=48)
     return ModelConfig.bert(**{**base, **overrides})
 
-
-def perturbed(model):
-    """Random weights everywhere, norms and biases included, so a wrong mapping shows."""
-    torch.manual_seed(1)
-    with torch.no_grad():
-        for p in model.parameters():
-            p.add_(torch.randn_like(p) * 0.05)
-    return model.eval()
 
 
 def ids(B=2, T=10, seed=0):

@@ -2,6 +2,7 @@
 
 import pytest
 import torch
+from reference import perturbed
 from transformers import GPT2Config, GPT2LMHeadModel, LlamaConfig, LlamaForCausalLM
 
 from lmkit.inspect import (
@@ -17,14 +18,6 @@ from lmkit.pretrained import load_hf
 
 V = 97
 
-
-def perturbed(model, seed=1):
-    """Random weights everywhere, norms and biases included, so a wrong reading shows."""
-    torch.manual_seed(seed)
-    with torch.no_grad():
-        for p in model.parameters():
-            p.add_(torch.randn_like(p) * 0.05)
-    return model.eval()
 
 
 def ids(B=2, T=11):

@@ -2,6 +2,7 @@ import json
 
 import pytest
 import torch
+from reference import perturbed
 from safetensors.torch import load_file, save_file
 from transformers import GPT2Config, GPT2LMHeadModel, GPT2Model, LlamaConfig, LlamaForCausalLM
 
@@ -9,14 +10,6 @@ from lmkit.pretrained import config_from_hf, load_hf
 
 V = 211
 
-
-def perturbed(model):
-    """Random weights everywhere, norms and biases included, so a wrong mapping shows."""
-    torch.manual_seed(1)
-    with torch.no_grad():
-        for p in model.parameters():
-            p.add_(torch.randn_like(p) * 0.05)
-    return model.eval()
 
 
 def ids(B=2, T=12):
