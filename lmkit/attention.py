@@ -265,20 +265,16 @@ class MultiHeadAttention(nn.Module):
         one_step = self.causal and self.window is None and T == 1
         # the weights need the written-out path, and so does lmkit.inspect's pattern hook
         use_kernel = self.fast and not return_weights and not self.hook_pattern.active
-        if H_kv != H and use_kernel and one_step and mask is None:
-            # GQA decoding: the G = H // H_kv query heads that share a key/value head are G
-            # queries of that head; no copies of the cached keys and values are needed
-            y = F.scaled_dot_product_attention(  # (B, H_kv, G, D)
-                q.reshape(B, H_kv, H // H_kv, D), k, v,
-                dropout_p=self.dropout if self.training else 0.0)
-            y = y.view(B, T, C)  # (B, H_kv, G, D) is (B, H, 1, D) in memory: T = 1
-            return self.resid_dropout(self.o_proj(y))  # (B, T, C)
-        if H_kv != H:  # GQA: query head h uses key/value head h // (H // H_kv)
+        # GQA decoding: the G = H // H_kv query heads that share a key/value head are G
+        # queries of that head, so the cached keys and values need no copies
+        grouped = H_kv != H and use_kernel and one_step and mask is None
+        if H_kv != H and not grouped:  # GQA: query head h uses key/value head h // (H // H_kv)
             k = k.repeat_interleave(H // H_kv, dim=1)  # (B, H, Tk, D)
             v = v.repeat_interleave(H // H_kv, dim=1)  # (B, H, Tk, D)
 
         # plain causal attention over the whole sequence: let PyTorch's kernel build the mask
-        fused_causal = self.causal and self.window is None and mask is None and T == Tk
+        fused_causal = (self.causal and self.window is None and mask is None and T == Tk
+                        and not grouped)
         given_mask = mask is not None  # may leave a query no key at all (left padding)
         if given_mask:
             _check_mask(mask, (B, H, T, Tk))
@@ -289,10 +285,11 @@ class MultiHeadAttention(nn.Module):
 
         weights = None
         if use_kernel:
-            y = F.scaled_dot_product_attention(  # (B, H, T, D)
-                q, k, v, attn_mask=None if fused_causal else mask, dropout_p=dropout_p,
+            y = F.scaled_dot_product_attention(  # (B, H, T, D); grouped: (B, H_kv, G, D)
+                q.reshape(B, H_kv, H // H_kv, D) if grouped else q, k, v,
+                attn_mask=None if fused_causal else mask, dropout_p=dropout_p,
                 is_causal=fused_causal,
-            )
+            ).reshape(B, H, T, D)  # grouped: the G queries of head j are heads jG..jG+G-1
             if given_mask:  # zeros for a query with no key, on every backend, as written out
                 no_key = ~mask.any(dim=-1, keepdim=True)  # (B or 1, H or 1, T or 1, 1)
                 if no_key.any():  # e.g. left padding; right padding leaves every query a key
