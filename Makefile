@@ -91,6 +91,7 @@ bench: setup
 	$(BIN)/python benchmarks/decode_throughput.py
 	$(BIN)/python benchmarks/inspect_overhead.py
 	$(BIN)/python benchmarks/smollm2.py
+	$(BIN)/python benchmarks/decode_floor.py
 	$(BIN)/python benchmarks/scaling.py
 	$(BIN)/python benchmarks/embeddings.py
 
