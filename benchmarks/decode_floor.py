@@ -12,7 +12,8 @@ load on a shared machine lowers every row alike:
   the residual adds fused into the products (`addmm`). It must produce lmkit's tokens (checked).
 - lmkit: `lmkit.generate`, as `smollm2.py` times it.
 - with --compile also the hand-fused step under `torch.compile` (a static 256-position cache,
-  so the shapes never change; compiling takes minutes on 2 cores).
+  so the shapes never change, and RoPE written out, as inductor generates no code for complex
+  numbers; compiling takes 25-60 s on 2 cores and needs a C++ compiler).
 
 Per-token times exclude the prompt (its tokens are fed to the hand-fused step one at a time and
 are timed separately, then subtracted).
