@@ -18,6 +18,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from lmkit._validate import check_fast
 from lmkit.embeddings import RotaryEmbedding
 from lmkit.inspect import HookPoint
 
@@ -214,8 +215,7 @@ class MultiHeadAttention(nn.Module):
             raise ValueError(f"n_heads={n_heads} is not divisible by n_kv_heads={n_kv_heads}")
         if window is not None and not causal:
             raise ValueError("a sliding window needs causal=True")
-        if not isinstance(fast, bool):  # a truthy string such as "no" must not pick the kernel
-            raise TypeError(f"fast must be True or False (True: PyTorch's kernels, False: the written-out code of the chapters), got {fast!r}")
+        check_fast(fast)
         self.d_model, self.n_heads, self.n_kv_heads = d_model, n_heads, n_kv_heads
         self.head_dim = d_model // n_heads
         self.causal, self.window, self.fast, self.dropout = causal, window, fast, dropout

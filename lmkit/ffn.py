@@ -16,6 +16,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from lmkit._validate import check_fast
+
 __all__ = [
     "ACTIVATIONS", "FUSED_ACTIVATIONS", "get_activation", "gelu", "gelu_tanh", "relu", "silu",
     "FeedForward",
@@ -69,8 +71,7 @@ def get_activation(name: str, fast: bool = True) -> Callable[[Tensor], Tensor]:
     """
     if name not in ACTIVATIONS:
         raise ValueError(f"unknown activation {name!r}; choose one of {sorted(ACTIVATIONS)}")
-    if not isinstance(fast, bool):  # a truthy string such as "no" must not pick the kernel
-        raise TypeError(f"fast must be True or False (True: PyTorch's kernels, False: the written-out code of the chapters), got {fast!r}")
+    check_fast(fast)
     return (FUSED_ACTIVATIONS if fast else ACTIVATIONS)[name]
 
 

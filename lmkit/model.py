@@ -39,6 +39,7 @@ from dataclasses import asdict, dataclass, fields
 import torch
 from torch import Tensor, nn
 
+from lmkit._validate import check_fast
 from lmkit.attention import KVCache, MultiHeadAttention, RollingKVCache
 from lmkit.embeddings import (
     ROPE_LAYOUTS,
@@ -314,8 +315,7 @@ class TransformerLM(nn.Module):
         super().__init__()
         if not isinstance(init_weights, bool):
             raise TypeError(f"init_weights must be True or False, got {init_weights!r}")
-        if not isinstance(fast, bool):
-            raise TypeError(f"fast must be True or False (True: PyTorch's kernels, False: the written-out code of the chapters), got {fast!r}")
+        check_fast(fast)
         c = self.config = config
         self.fast = fast
         self.tok_emb = TokenEmbedding(c.vocab_size, c.d_model)
@@ -357,8 +357,7 @@ class TransformerLM(nn.Module):
 
     def set_fast(self, fast: bool) -> TransformerLM:
         """Switch every module to PyTorch's kernels (True) or the written-out code (False)."""
-        if not isinstance(fast, bool):
-            raise TypeError(f"fast must be True or False (True: PyTorch's kernels, False: the written-out code of the chapters), got {fast!r}")
+        check_fast(fast)
         for module in self.modules():
             if hasattr(module, "fast"):
                 module.fast = fast

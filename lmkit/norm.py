@@ -12,13 +12,9 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from lmkit._validate import check_fast
+
 __all__ = ["LayerNorm", "RMSNorm", "make_norm", "NORMS"]
-
-
-def _check_fast(fast: bool) -> None:
-    """`fast` picks the code path; a truthy string such as "no" must not pick the kernel."""
-    if not isinstance(fast, bool):
-        raise TypeError(f"fast must be True or False (True: PyTorch's kernels, False: the written-out code of the chapters), got {fast!r}")
 
 
 class LayerNorm(nn.Module):
@@ -26,7 +22,7 @@ class LayerNorm(nn.Module):
 
     def __init__(self, d: int, eps: float = 1e-5, bias: bool = True, fast: bool = True):
         super().__init__()
-        _check_fast(fast)
+        check_fast(fast)
         self.d, self.eps, self.fast = d, eps, fast
         self.weight = nn.Parameter(torch.ones(d))
         self.bias = nn.Parameter(torch.zeros(d)) if bias else None
@@ -51,7 +47,7 @@ class RMSNorm(nn.Module):
 
     def __init__(self, d: int, eps: float = 1e-6, fast: bool = True):
         super().__init__()
-        _check_fast(fast)
+        check_fast(fast)
         self.d, self.eps, self.fast = d, eps, fast
         self.weight = nn.Parameter(torch.ones(d))
 
