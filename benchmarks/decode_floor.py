@@ -30,7 +30,8 @@ import torch
 import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from decode_throughput import race  # noqa: E402
+from decode_throughput import bandwidth_racers, model_bytes, race  # noqa: E402
+from smollm2 import products  # noqa: E402
 
 from lmkit.generation import generate  # noqa: E402
 from lmkit.pretrained import load_smollm2  # noqa: E402
@@ -55,7 +56,8 @@ def fused_decoder(model, static: bool = False):
     angles = torch.outer(torch.arange(c.context_length, dtype=torch.float32),
                          1.0 / c.rope_theta ** (torch.arange(0, D, 2, dtype=torch.float32) / D))
     cos, sin = angles.cos(), angles.sin()  # (context, D/2); the file's layout is interleaved
-    emb, norm_f, eps, ff = model.lm_head.weight, model.norm_f.weight, c.norm_eps, c.ffn_dim
+    emb, head = model.tok_emb.weight, model.lm_head.weight  # one matrix when tied
+    norm_f, eps, ff = model.norm_f.weight, c.norm_eps, c.ffn_dim
 
     def step(token, pos, kc, vc):
         x = emb.index_select(0, token)  # (1, C)
@@ -82,7 +84,7 @@ def fused_decoder(model, static: bool = False):
             x = torch.addmm(x, y.view(1, C), w_o)
             gate, up = F.linear(F.rms_norm(x, (C,), n2, eps), w_gu).split(ff, dim=-1)
             x = torch.addmm(x, F.silu(gate) * up, w_down)
-        return F.linear(F.rms_norm(x, (C,), norm_f, eps), emb)  # (1, V)
+        return F.linear(F.rms_norm(x, (C,), norm_f, eps), head)  # (1, V)
 
     def new_cache():
         return ([torch.zeros(1, Hk, CAPACITY, D) for _ in layers],
@@ -117,16 +119,8 @@ def main() -> None:
     if len(prompt) + n > CAPACITY:
         raise SystemExit(f"--new-tokens must leave the prompt room in {CAPACITY} positions")
     step, new_cache = fused_decoder(model)
-    weights = {id(m.weight): m.weight for m in model.modules() if isinstance(m, torch.nn.Linear)}
-    xs = {w.shape[1]: torch.randn(1, w.shape[1]) for w in weights.values()}
-
-    def products():
-        for w in weights.values():
-            F.linear(xs[w.shape[1]], w)
-
-    src = torch.ones(512 * 2**20 // 4)
-    dst = torch.empty_like(src)
-    fns = {"copy": lambda: dst.copy_(src), "sum": lambda: src.sum(), "products": products,
+    bandwidth_fns, bandwidth_of = bandwidth_racers()
+    fns = {**bandwidth_fns, "products": products(model),
            "lmkit": lambda: generate(model, ids, n),
            "fused": lambda: decode(step, new_cache, prompt, n),
            "fused prompt": lambda: decode(step, new_cache, prompt, 1)}
@@ -143,8 +137,8 @@ def main() -> None:
             fns["compiled"] = lambda: decode(compiled, new_cache, prompt, n)
             fns["compiled prompt"] = lambda: decode(compiled, new_cache, prompt, 1)
         best = race(fns, args.repeats)
-    bw = max(2 * src.numel() * 4 / best["copy"], src.numel() * 4 / best["sum"])
-    nbytes = sum(p.numel() * p.element_size() for p in model.parameters())
+    bw = bandwidth_of(best)
+    nbytes = model_bytes(model)
     ceiling = bw / nbytes
     print(f"SmolLM2 float32, {torch.get_num_threads()} threads: bandwidth {bw / 1e9:.1f} GB/s, "
           f"{nbytes / 1e6:.0f} MB per token, ceiling {ceiling:.1f} tokens/s")

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import time
+from collections.abc import Callable
 
 import torch
 from transformers import GPT2Config, GPT2LMHeadModel
@@ -54,21 +55,25 @@ def to_hf(model: TransformerLM) -> GPT2LMHeadModel:
     return hf.eval()
 
 
-def bandwidth(mb: int = 512, repeats: int = 5) -> float:
-    """Bytes per second of memory traffic, best of `repeats`: the faster of a large copy (reads
-    mb and writes mb) and a large sum (reads mb), since decoding mostly reads weights."""
+def bandwidth_racers(mb: int = 512) -> tuple[dict, Callable[[dict], float]]:
+    """Two contenders for `race` that measure memory traffic, and the bytes per second from
+    their best times: the faster of a large copy (reads mb and writes mb) and a large sum
+    (reads mb), since decoding mostly reads weights. Racing them beside the decoders lets a
+    neighbour's load on a shared machine lower the bandwidth and the decoders alike."""
     src = torch.ones(mb * 2**20 // 4)
     dst = torch.empty_like(src)
-    best_copy = best_read = float("inf")
-    for _ in range(repeats):
-        start = time.perf_counter()
-        dst.copy_(src)
-        best_copy = min(best_copy, time.perf_counter() - start)
-        start = time.perf_counter()
-        src.sum()
-        best_read = min(best_read, time.perf_counter() - start)
     nbytes = src.numel() * 4
-    return max(2 * nbytes / best_copy, nbytes / best_read)
+    fns = {"copy": lambda: dst.copy_(src), "sum": lambda: src.sum()}
+
+    def from_best(best: dict) -> float:
+        return max(2 * nbytes / best["copy"], nbytes / best["sum"])
+    return fns, from_best
+
+
+def bandwidth(mb: int = 512, repeats: int = 5) -> float:
+    """Bytes per second of memory traffic, best of `repeats` (see `bandwidth_racers`)."""
+    fns, from_best = bandwidth_racers(mb)
+    return from_best(race(fns, repeats))
 
 
 def model_bytes(model: torch.nn.Module) -> int:

@@ -31,15 +31,10 @@ import torch
 import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from decode_throughput import race  # noqa: E402  (the functions take turns)
+from decode_throughput import bandwidth_racers, model_bytes, race  # noqa: E402
 
 from lmkit.generation import generate  # noqa: E402
 from lmkit.pretrained import load_smollm2, smollm2_path  # noqa: E402
-
-
-def weight_bytes(model: torch.nn.Module) -> int:
-    """Bytes read per decoded token: every matrix once (the tied embedding as the LM head)."""
-    return sum(p.numel() * p.element_size() for p in model.parameters())
 
 
 def products(model: torch.nn.Module):
@@ -80,8 +75,7 @@ def main() -> None:
     t_hf = time.perf_counter() - start
     print(f"load: lmkit {t_ours:.2f} s, Hugging Face {t_hf:.2f} s ({t_hf / t_ours:.1f}x faster)")
 
-    src = torch.ones(512 * 2**20 // 4)  # 512 MB: far larger than any cache
-    dst = torch.empty_like(src)
+    bandwidth_fns, bandwidth_of = bandwidth_racers()  # 512 MB: far larger than any cache
     ids = torch.tensor([tok.encode("The capital of France is")])
     n = args.new_tokens
     for dtype in (torch.float32, torch.bfloat16):
@@ -94,17 +88,16 @@ def main() -> None:
         same = a[0, :cut].tolist() == b[0, :cut].tolist()
         with torch.inference_mode():
             best = race({
-                "copy": lambda: dst.copy_(src),  # reads and writes 512 MB
-                "sum": lambda: src.sum(),  # reads 512 MB
+                **bandwidth_fns,
                 "products": products(ours_d),
                 "lmkit": lambda m=ours_d: generate(m, ids, n),
                 "hf": lambda m=hf_d: m.generate(
                     ids, attention_mask=torch.ones_like(ids), max_new_tokens=n,
                     min_new_tokens=n, do_sample=False),
             }, args.repeats)
-        bw = max(2 * src.numel() * 4 / best["copy"], src.numel() * 4 / best["sum"])
+        bw = bandwidth_of(best)
         s_ours, s_hf = best["lmkit"], best["hf"]
-        nbytes = weight_bytes(ours_d)
+        nbytes = model_bytes(ours_d)
         ceiling = bw / nbytes
         name = str(dtype).removeprefix("torch.")
         print(f"{name:8} memory bandwidth {bw / 1e9:.1f} GB/s, {nbytes / 1e6:.0f} MB of weights "
