@@ -244,14 +244,6 @@ def normalize_like(norm: nn.Module, x: Tensor, resid: Tensor) -> Tensor:
 
 
 def logit_lens(model: TransformerLM, resid: Tensor) -> Tensor:
-    """Read a stream state as if it were the last one: lm_head(norm_f(resid)), (..., V) (ch. 11).
-
-    A masked-LM model (chapter 10) has its head's transform before lm_head; it is applied too.
-    """
-    if model.lm_head is None:
-        raise ValueError('the model has no head (ModelConfig head="none"): there are no logits '
-                         "to read the stream through; the lens needs an LM or masked-LM head")
-    h = model.norm_f(resid)  # (..., C)
-    if model.mlm_transform is not None:
-        h = model.mlm_transform(h)  # (..., C)
-    return model.lm_head(h)  # (..., V)
+    """Read a stream state as if it were the last one: the model's head on norm_f(resid), so
+    lm_head(norm_f(resid)), with a masked LM's transform between them (chapters 10, 11)."""
+    return model.head(model.norm_f(resid))  # (..., V); a model with no head raises

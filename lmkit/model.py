@@ -422,10 +422,18 @@ class TransformerLM(nn.Module):
             x = block(x, cache=None if cache is None else cache[i], mask=mask)  # (B, T, C)
             hidden.append(x)
         h = self.norm_f(x)  # (B, T, C): H, the trunk's output
-        if with_head and self.mlm_transform is not None:
-            h = self.mlm_transform(h)  # (B, T, C)
-        out = self.lm_head(h) if with_head and self.lm_head is not None else h  # (B, T, V)
+        out = self.head(h) if with_head and self.lm_head is not None else h  # (B, T, V)
         return (out, hidden) if return_hidden else out
+
+    def head(self, h: Tensor) -> Tensor:
+        """Logits (..., V) from the trunk's output H (..., C): lm_head(H), or for a masked LM
+        (chapter 10) lm_head(mlm_transform(H)). `lmkit.inspect.logit_lens` reads through it."""
+        if self.lm_head is None:
+            raise ValueError('the model has no head (ModelConfig head="none"): it returns the '
+                             "trunk's vectors H, not logits; use head=\"lm\" or head=\"mlm\"")
+        if self.mlm_transform is not None:
+            h = self.mlm_transform(h)  # (..., C)
+        return self.lm_head(h)  # (..., V)
 
     def trunk(
         self,
