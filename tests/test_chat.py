@@ -45,17 +45,23 @@ def test_missing_bytes_are_left_out_and_the_rest_merges_as_bpe(bpe, text):
 def test_chat_tokenizer_merges_with_bpe_tokenizers_merge_loop(bpe, monkeypatch):
     """One implementation of BPE: the chat tokenizer (with missing bytes, as SmolLM2's) applies
     its merges through lmkit.tokenizer's merge loop, not a copy of it."""
-    calls = []
-    real_merge = lmkit.tokenizer.merge
+    calls, loops = [], []
+    real_merge, real_loop = lmkit.tokenizer.merge, BPETokenizer._encode_piece
 
     def spy(ids, pair, new_id):
         calls.append(pair)
         return real_merge(ids, pair, new_id)
 
+    def loop_spy(self, piece):  # a copy of the loop in ChatTokenizer would bypass this
+        loops.append(piece)
+        return real_loop(self, piece)
+
     monkeypatch.setattr(lmkit.tokenizer, "merge", spy)
+    monkeypatch.setattr(BPETokenizer, "_encode_piece", loop_spy)
     chat = _chat(bpe, missing_bytes={0xFF})
     ids = chat.encode("the other thing")
     assert calls and len(ids) < len("the other thing")
+    assert loops == ["the", " other", " thing"]  # every piece went through BPETokenizer's loop
 
 
 def test_chat_tokenizer_neither_saves_nor_loads_gpt2_files(bpe, tmp_path):

@@ -7,6 +7,7 @@ import sys
 import pytest
 import torch
 
+import lmkit.chat
 from lmkit.__main__ import main
 
 pytest.importorskip("gguf")
@@ -126,8 +127,12 @@ def test_chat_turn_that_fits_gets_the_whole_budget(smollm2, monkeypatch, capsys)
     T = _first_turn_tokens(smollm2, question)
     monkeypatch.setattr(smollm2[0].config, "context_length", T + 20)  # exactly fits
     monkeypatch.setattr(sys, "stdin", io.StringIO(question + "\nAnd of Italy?\n"))
+    budgets, real = [], lmkit.chat.stream_reply
+    monkeypatch.setattr(lmkit.chat, "stream_reply",
+                        lambda model, tok, ids, n, *a: budgets.append(n) or real(model, tok, ids, n, *a))
     main(["chat", "--max-new-tokens", "20"])
     out = capsys.readouterr().out
+    assert budgets == [20]  # the whole budget, not cut to what is left of the window
     assert out.count("assistant: ") == 1 and "Paris" in out  # the second turn does not fit
     assert "outgrow the model's context window" in out
 

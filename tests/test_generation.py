@@ -527,5 +527,5 @@ def test_eos_token_id_must_be_a_token_of_the_vocabulary(eos, error, match):
     for call in _every_entry_point(model, prompt(), 3, eos_token_id=eos):
         with pytest.raises(error, match=match):
             call()
-    assert generate(model, prompt(), 3, eos_token_id=V - 1).shape[1] <= 8  # the last id is fine
-    assert generate(model, prompt(), 3, eos_token_id=torch.tensor(0).item()).shape[1] <= 8
+    generate(model, prompt(), 3, eos_token_id=V - 1)  # the first and last ids are accepted
+    generate(model, prompt(), 3, eos_token_id=0)
