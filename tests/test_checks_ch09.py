@@ -283,7 +283,7 @@ W6 = [
     Wrong("to_half_layout", "one_head", lambda w, H: torch.cat((w[0::2], w[1::2]), 0)),
     Wrong("to_half_layout", "halves_swapped", swapped_halves),
     Wrong("to_half_layout", "unchanged", lambda w, H: w.clone()),
-    Wrong("to_half_layout", "unchanged", d_from_columns),
+    Wrong("to_half_layout", "d_from_columns", d_from_columns),
     Wrong("to_half_layout", "reversed", lambda w, H: w.reshape(H, w.shape[0] // H, -1).flip(1)
           .reshape(w.shape)),
     Wrong("to_half_layout", "heads_inner", d_outer),

@@ -184,6 +184,9 @@ MISTAKES: dict[str, dict[str, Mistake]] = {
                        "must be reordered"),
         "reversed": M("reversing each head's rows", "reversing a head's rows is not the "
                       "pairing"),
+        "d_from_columns": M("taking D from the columns (C // n_heads)",
+                            "a head's D rows are the rows of w: D = w.shape[0] // n_heads, not "
+                            "w.shape[1] // n_heads (the columns are the C inputs)"),
         "heads_inner": M("reshaping to (D, H, C) instead of (H, D, C)",
                          "the heads are the outer dimension: reshape to (H, D, C), not (D, H, C)"),
         "columns": M("reordering the columns instead of the rows",
@@ -489,6 +492,7 @@ def check_to_half_layout(fn) -> None:
     H = MISTAKES["to_half_layout"]
     cases = [
         ("one head, D=4, C=4", torch.arange(16.0).view(4, 4), 1),
+        ("2 heads, D=4, C=6", _rand(8, 6, seed=35), 2),
         ("2 heads, D=4, C=3", _rand(8, 3, seed=32), 2),
         ("3 heads, D=8, C=5", _rand(24, 5, seed=33), 3),
         ("9 heads, D=64, C=576 (SmolLM2's q_proj)", _rand(576, 576, seed=34), 9),
@@ -512,6 +516,11 @@ def check_to_half_layout(fn) -> None:
         if w.shape[0] == w.shape[1]:
             mistakes.append((convert_rope_layout(w.t(), n_heads, to="half").t(),
                              H["columns"].hint))
+        D_cols = w.shape[1] // n_heads  # D taken from the columns: 3 on "2 heads, D=4, C=6"
+        if 3 <= D_cols != D and w.numel() % (n_heads * D_cols) == 0:  # (fewer: nothing moves)
+            by_cols = w.reshape(n_heads, D_cols, -1)
+            mistakes.append((torch.cat((by_cols[:, 0::2], by_cols[:, 1::2]), 1).reshape(w.shape),
+                             H["d_from_columns"].hint))
         compare("to_half_layout", case, got, want, mistakes,
                 shape_hint=H["shape"].hint[0].upper() + H["shape"].hint[1:] + ".")
     passed("to_half_layout", len(cases))
