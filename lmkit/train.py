@@ -263,11 +263,10 @@ def evaluate(
             total += lm_loss(model(x), y).item()
         scored += 1
     model.train(was_training)
-    mean = total / scored if scored else float("nan")  # NaN only if no batch had a mask
-    if world > 1:
-        return distributed.all_reduce_mean(
-            torch.tensor(mean, dtype=torch.float64, device=device)).item()
-    return mean
+    # over all processes: the losses and the batches scored (averaging both keeps their ratio)
+    total, scored = distributed.all_reduce_mean(
+        torch.tensor([total, scored], dtype=torch.float64, device=device)).tolist()
+    return total / scored if scored else float("nan")  # NaN only if no batch had a mask
 
 
 def step_batches(
