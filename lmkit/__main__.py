@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 from pathlib import Path
 
@@ -219,9 +218,9 @@ def _add_scaling_options(t: argparse.ArgumentParser) -> None:
 
 def _start_distributed(parser: argparse.ArgumentParser, args: argparse.Namespace) -> bool:
     """Join torchrun's process group when there is one with more than one process."""
-    if not distributed.launched_by_torchrun() or int(os.environ["WORLD_SIZE"]) < 2:
+    world = distributed.env_world_size()
+    if world < 2:
         return False
-    world = int(os.environ["WORLD_SIZE"])
     if args.batch_size % world:
         parser.error(f"--batch-size {args.batch_size} is the global batch and must split "
                      f"evenly across the {world} processes; use a multiple of {world}")

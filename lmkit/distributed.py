@@ -37,6 +37,11 @@ def launched_by_torchrun() -> bool:
     return "RANK" in os.environ and "WORLD_SIZE" in os.environ
 
 
+def env_world_size() -> int:
+    """The number of processes torchrun started (WORLD_SIZE), 1 when it did not start us."""
+    return _env_int("WORLD_SIZE") if launched_by_torchrun() else 1
+
+
 def init_from_env(timeout_s: float = DEFAULT_TIMEOUT_S, device: str | None = None) -> str:
     """Join the process group described by torchrun's environment; return this rank's device.
 

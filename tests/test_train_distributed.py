@@ -255,6 +255,14 @@ def test_init_from_env_checks_its_environment_before_joining(monkeypatch, env, k
     assert not distributed.is_initialized()
 
 
+def test_the_cli_reads_world_size_with_a_clear_error(monkeypatch, tmp_path):
+    """`train` under a launcher reads WORLD_SIZE before joining: a non-number is named."""
+    monkeypatch.setenv("RANK", "0")
+    monkeypatch.setenv("WORLD_SIZE", "x")
+    with pytest.raises(ValueError, match=r"WORLD_SIZE must be an integer, got 'x'"):
+        main(["train", "--steps", "1", "--out", str(tmp_path / "m")])
+
+
 def test_is_comm_failure_does_not_claim_ordinary_errors():
     """Any error whose text held 'timeout', 'peer' or 'connection' counted as a lost peer."""
     from lmkit.distributed import is_comm_failure
