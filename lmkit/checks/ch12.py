@@ -134,6 +134,12 @@ MISTAKES: dict[str, dict[str, Mistake]] = {
                       "you took the largest CPU total, which includes the ops it calls"),
         "units": M("comparing times without converting ms and us",
                    "the table mixes units (ms and us); convert to one unit before comparing"),
+        "per_call_top": M("ranking top_self by self time per call",
+                          "top_self is the op with the largest self time in all, not per call: "
+                          "divide by the calls only for ms_per_call"),
+        "children_top": M("ranking top_total by the time in the ops it calls",
+                          "top_total is the op with the largest CPU total (its own time plus "
+                          "the ops it calls), not the largest total minus self"),
         "top_total_self": M("taking the largest self time for top_total",
                             "top_total is the op with the largest CPU TOTAL (itself plus the ops "
                             "it calls), not the largest self time"),
@@ -143,6 +149,8 @@ MISTAKES: dict[str, dict[str, Mistake]] = {
                      "a bias) and aten::bmm (batched) are matrix products too"),
         "no_addmm": M("leaving out aten::addmm", "aten::addmm (a product plus a bias) is a "
                       "matrix product too"),
+        "no_bmm": M("leaving out aten::bmm", "aten::bmm (batched products, as in attention) is "
+                    "a matrix product too"),
         "linear": M("counting aten::linear as a matrix product", "aten::linear does almost "
                     "nothing itself (it calls addmm); count only aten::addmm, aten::mm and "
                     "aten::bmm"),
@@ -577,8 +585,12 @@ def check_profile_summary(fn) -> None:
     """Exercise 4: fn(rows) -> {"top_self", "top_total", "matmul_share", "ms_per_call"}."""
     H = {k: m.hint for k, m in MISTAKES["profile_summary"].items()}
     swapped = [(n, "900.000us" if n == "aten::mm" else s, t, c) for n, s, t, c in PROFILE_TABLE]
+    slow = {"aten::gelu": ("70.000ms", "75.000ms", 8),  # leads self time and CPU total, but
+            "Optimizer.step#AdamW.step": ("20.000ms", "24.760ms", 2)}  # not per call/children
     cases = [("the table", list(PROFILE_TABLE)), ("the rows in another order", _shuffled(1)),
-             ("aten::mm taking 900us instead", swapped)]
+             ("aten::mm taking 900us instead", swapped),
+             ("a slow GELU and optimizer step", [(n, *slow.get(n, (s, t, c)))
+                                                 for n, s, t, c in PROFILE_TABLE])]
     for case, rows in cases:
         got = call(fn, [tuple(r) for r in rows], name="profile_summary")
         want = _summary(rows)
@@ -593,7 +605,11 @@ def check_profile_summary(fn) -> None:
             "only mm": _summary(rows, matmul=("aten::mm",)),
             "linear in": _summary(rows, matmul=MATMUL_OPS + ("aten::linear",)),
             "no bmm/addmm": _summary(rows, matmul=("aten::mm", "aten::bmm")),
+            "no bmm": _summary(rows, matmul=("aten::addmm", "aten::mm")),
         }
+        times = {r[0]: _ms(r[1]) for r in rows}
+        per_call_top = max(rows, key=lambda r: times[r[0]] / r[3])[0]
+        children_top = max(rows, key=lambda r: _ms(r[2]) - times[r[0]])[0]
         for key in ("top_self", "top_total"):
             if got[key] != want[key]:
                 if key == "top_self" and got[key] == wrong["by total"]["top_self"]:
@@ -603,12 +619,17 @@ def check_profile_summary(fn) -> None:
                          f"{H['units']}")
                 if key == "top_total" and got[key] == want["top_self"]:
                     fail(f"{case}: {H['top_total_self']}")
+                if key == "top_self" and got[key] == per_call_top:
+                    fail(f"{case}: {H['per_call_top']}")
+                if key == "top_total" and got[key] == children_top:
+                    fail(f"{case}: {H['children_top']}")
                 fail(f"{case}: {key} should be {want[key]!r}, got {got[key]!r}")
         share = got["matmul_share"]
         if not isinstance(share, (int, float)) or not math.isclose(share, want["matmul_share"],
                                                                     rel_tol=1e-3):
             for name, hint in (("percent", H["percent"]), ("ignore units", H["units"]),
                                ("only mm", H["only_mm"]), ("no bmm/addmm", H["no_addmm"]),
+                               ("no bmm", H["no_bmm"]),
                                ("linear in", H["linear"])):
                 if isinstance(share, (int, float)) and math.isclose(share, wrong[name]
                                                                     ["matmul_share"],
