@@ -160,3 +160,21 @@ def test_compare_names_the_wrong_value_of_a_bool_tensor():
     # subtracting bool tensors is an error in torch: the generic message must not crash
     with pytest.raises(AssertionError, match=r"wrong values, largest error 1 at index \(1,\)"):
         common.compare("mask", "a case", torch.tensor([True, False]), torch.tensor([True, True]), [])
+
+
+def test_compare_names_a_mistake_whatever_its_shape_and_checks_dtype_last():
+    """A known mistake that changes the shape gets its own hint, not the generic shape message
+    (checkers had special cases for this); right values in another dtype get the dtype hint;
+    a mistake that happens to equal the right answer never fails a right answer."""
+    want = torch.arange(6.0).view(2, 3)
+    short = want[1:]  # e.g. one row left out
+    with pytest.raises(AssertionError, match="a case: you left out the first row$"):
+        common.compare("f", "a case", short.clone(), want, [(short, "you left out the first row")])
+    with pytest.raises(AssertionError, match=r"expected shape \(2, 3\), got \(3,\)\. one per row"):
+        common.compare("f", "a case", torch.zeros(3), want, [(short, "no")],
+                       shape_hint="one per row")
+    with pytest.raises(AssertionError, match="expected dtype torch.float32, got torch.float64: "
+                                             "keep float32"):
+        common.compare("f", "a case", want.double(), want, [(want.double(), "no")],
+                       dtype_hint="keep float32")
+    common.compare("f", "a case", want.clone(), want, [(want, "coincides with the right one")])

@@ -18,7 +18,7 @@ from ..embeddings import (
     rope_frequencies,
     rope_permutation,
 )
-from .common import INPLACE, NO_RETURN, Mistake, call_tensors, checker, close, compare, fail, passed
+from .common import INPLACE, NO_RETURN, Mistake, call_tensors, checker, compare, fail, passed
 
 __all__ = ["check_rope_rotate", "check_rope_scores", "check_repeat_kv", "check_rolling_update",
            "check_merge_blocks", "check_to_half_layout", "MISTAKES"]
@@ -198,16 +198,6 @@ MISTAKES: dict[str, dict[str, Mistake]] = {
         "inplace": INPLACE,
     },
 }
-
-
-def _known_mistake(name: str, case: str, got, want: Tensor,
-                   mistakes: list[tuple[Tensor, str]]) -> None:
-    """Name a catalogued mistake even when its shape differs from the right answer's."""
-    if isinstance(got, Tensor) and got.shape == want.shape and close(got, want):
-        return
-    for wrong, hint in mistakes:
-        if isinstance(got, Tensor) and got.shape == wrong.shape and close(got, wrong):
-            fail(f"{name} on {case}: {hint}")
 
 
 def _rand(*shape, seed=0, scale=1.0) -> Tensor:
@@ -403,7 +393,6 @@ def check_rolling_update(fn) -> None:
             (want_kept, H["keys_trimmed"].hint),
             (new, H["keys_new_only"].hint),
         ]
-        _known_mistake("rolling_update (the keys)", case, keys, want_keys, key_mistakes)
         compare("rolling_update (the keys)", case, keys, want_keys, key_mistakes,
                 shape_hint="Concatenate along dim 2, time: (B, H, S + T, D).")
         one_step = min(window - 1, S + 1)
@@ -416,7 +405,6 @@ def check_rolling_update(fn) -> None:
         ]
         if keep == 0:  # window 1: x[:, :, -0:] is the whole tensor, a classic slip
             kept_mistakes.insert(0, (want_keys, H["minus_zero"].hint))
-        _known_mistake("rolling_update (the new cache)", case, kept, want_kept, kept_mistakes)
         compare("rolling_update (the new cache)", case, kept, want_kept, kept_mistakes,
                 shape_hint=f"Keep min(window - 1, S + T) = {keep} positions along dim 2.")
     passed("rolling_update", len(cases))

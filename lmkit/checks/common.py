@@ -293,27 +293,33 @@ def close(a, b, atol: float = ATOL, rtol: float = RTOL, equal_nan: bool = False)
 
 
 def compare(name: str, case: str, got, want: Tensor, mistakes: list[tuple[Tensor, str]],
-            shape_hint: str = "", x: Tensor | None = None, nan_hint: str = "") -> None:
-    """Fail with the most useful hint unless `got` is a tensor close to `want`.
+            shape_hint: str = "", x: Tensor | None = None, nan_hint: str = "",
+            dtype_hint: str = "") -> None:
+    """Fail with the most useful hint unless `got` is a tensor close to `want`, of its dtype.
 
-    `mistakes` pairs the output of a typical mistake with its hint; `x`, for an elementwise
-    function, lets the message name the input where the error is largest; `nan_hint` explains
-    a NaN in the output. (Input purity is checked by `call`, which every check uses.)
+    `mistakes` pairs the output of a typical mistake with its hint; it is named whatever its
+    shape or dtype (a mistake may change the shape). `shape_hint` and `dtype_hint` explain a
+    wrong shape or dtype otherwise; `x`, for an elementwise function, lets the message name the
+    input where the error is largest; `nan_hint` explains a NaN in the output. (Input purity is
+    checked by `call`, which every check uses.)
     """
     if not isinstance(got, Tensor):
         fail(f"{name} on {case} should return a torch.Tensor, got {type(got).__name__}"
              + (f" ({NO_RETURN.hint})" if got is None else ""))
+    right_values = close(got, want)  # (same shape, compared in float64)
+    if right_values and got.dtype == want.dtype:
+        return
+    if not right_values:
+        for wrong, hint in mistakes:
+            if close(got, wrong, equal_nan=True):
+                fail(f"{name} on {case}: {hint}")
     if got.shape != want.shape:
         fail(f"{name} on {case}: expected shape {shape_of(want)}, got {shape_of(got)}. {shape_hint}")
     if got.dtype != want.dtype:
-        fail(f"{name} on {case}: expected dtype {want.dtype}, got {got.dtype}")
-    if close(got, want):
-        return
+        fail(f"{name} on {case}: expected dtype {want.dtype}, got {got.dtype}"
+             + (f": {dtype_hint}" if dtype_hint else ""))
     if nan_hint and not torch.isfinite(got).all() and torch.isfinite(want).all():
         fail(f"{name} on {case}: your output contains NaN or inf. {nan_hint}")
-    for wrong, hint in mistakes:
-        if close(got, wrong, equal_nan=True):
-            fail(f"{name} on {case}: {hint}")
     g, w = got.detach().double(), want.detach().double()  # also bool and integer tensors
     err = (g - w).abs()
     i = int(err.nan_to_num(math.inf).argmax())
