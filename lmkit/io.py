@@ -12,6 +12,7 @@ to be shared. Nothing is ever unpickled.
 
 from __future__ import annotations
 
+import json
 import os
 import tempfile
 from collections.abc import Callable
@@ -88,6 +89,15 @@ def read_text(path: str | os.PathLike) -> str:
             f"{path} is not valid UTF-8 text (byte {e.object[e.start]:#04x} at offset "
             f"{e.start}); save it as UTF-8"
         ) from None
+
+
+def read_json(path: str | os.PathLike, fix: str = "restore the file") -> object:
+    """The JSON value in a UTF-8 file; a ValueError naming the file (and `fix`) if it is not
+    valid JSON. Callers check that the value has the type they need."""
+    try:
+        return json.loads(read_text(path))
+    except json.JSONDecodeError as e:
+        raise ValueError(f"{path} is not valid JSON ({e}); {fix}") from None
 
 
 def _likely_cause(path: Path) -> str:

@@ -20,7 +20,7 @@ from pathlib import Path
 import torch
 from torch import Tensor
 
-from lmkit.io import read_safetensors, read_text
+from lmkit.io import read_json, read_safetensors, read_text
 from lmkit.model import ModelConfig, TransformerLM
 
 __all__ = ["load_hf", "config_from_hf", "LAYOUTS", "load_gguf", "load_smollm2", "gguf_tokenizer",
@@ -223,11 +223,7 @@ def load_hf(
     path = folder / "config.json"
     if not path.is_file():
         raise FileNotFoundError(f"{folder} has no config.json")
-    try:
-        hf = json.loads(read_text(path))
-    except json.JSONDecodeError as e:
-        raise ValueError(f"{path} is not valid JSON ({e}); restore the file written by "
-                         "save_pretrained") from None
+    hf = read_json(path, "restore the file written by save_pretrained")
     if not isinstance(hf, dict):
         raise ValueError(f"{path} should hold a JSON object (model_type, vocab_size, ...), "
                          f"not a {type(hf).__name__}")

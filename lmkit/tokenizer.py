@@ -21,7 +21,7 @@ from pathlib import Path
 
 import regex
 
-from lmkit.io import read_text, write_atomic
+from lmkit.io import read_json, read_text, write_atomic
 
 __all__ = [
     "GPT2_SPLIT_PATTERN",
@@ -441,10 +441,7 @@ class BPETokenizer:
                 raise FileNotFoundError(
                     f"{path} not found: a GPT-2 tokenizer folder holds vocab.json and merges.txt"
                 )
-        try:
-            vocab = json.loads(read_text(vocab_path))
-        except json.JSONDecodeError as e:
-            raise ValueError(f"{vocab_path} is not valid JSON: {e}") from None
+        vocab = read_json(vocab_path)
         if not isinstance(vocab, dict) or not all(
             isinstance(k, str) and isinstance(v, int) and not isinstance(v, bool) and v >= 0
             for k, v in vocab.items()
@@ -534,10 +531,7 @@ def _saved_special_tokens(directory: Path) -> list[str] | None:
     path = directory / SPECIAL_TOKENS_FILE
     if not path.is_file():
         return None
-    try:
-        specials = json.loads(read_text(path))
-    except json.JSONDecodeError as e:
-        raise ValueError(f"{path} is not valid JSON: {e}") from None
+    specials = read_json(path)
     if not isinstance(specials, list) or not all(isinstance(s, str) and s for s in specials):
         raise ValueError(f"{path} must hold a list of special-token strings, got {specials!r}")
     return specials

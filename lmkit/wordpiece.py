@@ -18,14 +18,13 @@ Special tokens written in the text, such as "[MASK]", stay one token (as in Hugg
 
 from __future__ import annotations
 
-import json
 import os
 import re
 import unicodedata
 from collections.abc import Iterable
 from pathlib import Path
 
-from lmkit.io import read_text
+from lmkit.io import read_json, read_text
 
 __all__ = ["WordPieceTokenizer", "basic_tokenize", "wordpiece", "is_punctuation"]
 
@@ -127,10 +126,7 @@ def _read_json(path: Path) -> dict:
     """An optional JSON settings file of a tokenizer folder: {} when absent."""
     if not path.is_file():
         return {}
-    try:
-        d = json.loads(read_text(path))
-    except json.JSONDecodeError as e:
-        raise ValueError(f"{path} is not valid JSON ({e}); restore the file or remove it") from None
+    d = read_json(path, "restore the file or remove it")
     if not isinstance(d, dict):
         raise ValueError(f"{path} should hold a JSON object, not a {type(d).__name__}")
     return d
