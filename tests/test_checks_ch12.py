@@ -129,6 +129,14 @@ def one_backward(model, x, y, K):  # K forwards, then one backward: every activa
     return loss.item()
 
 
+def last_scaled_loss(model, x, y, K):  # the loop's last `loss`, already divided by K
+    model.zero_grad(set_to_none=True)
+    for xk, yk in zip(x.chunk(K), y.chunk(K)):
+        loss = lm_loss(model(xk), yk) / K
+        loss.backward()
+    return loss.item()
+
+
 def extra_forward(model, x, y, K):  # a grad-enabled forward of the whole batch for the loss
     accumulate(model, x, y, K)
     return lm_loss(model(x), y).item()
@@ -348,6 +356,7 @@ CATALOGUE = (
        for k, changes in ACCUM_WRONG.items()]
     + [Wrong("accumulate_gradients", "one_pass", whole_batch),
        Wrong("accumulate_gradients", "one_backward", one_backward),
+       Wrong("accumulate_gradients", "loss_last_scaled", last_scaled_loss),
        Wrong("accumulate_gradients", "loss_type", lambda m, x, y, K: accumulate(m, x, y, K) and None)]
     + [Wrong("all_reduce_mean", k, fn) for k, fn in ALL_REDUCE_WRONG.items()]
     + [Wrong("all_reduce_mean", "own", _own), Wrong("all_reduce_mean", "world_size", divided_by_two)]

@@ -88,6 +88,9 @@ MISTAKES: dict[str, dict[str, Mistake]] = {
                       "you returned the sum of the micro-batch losses; return their mean"),
         "loss_last": M("returning only the last micro-batch's loss",
                        "you returned only the last micro-batch's loss; average over all K"),
+        "loss_last_scaled": M("returning only the last micro-batch's loss / K",
+                              "you returned only the last (scaled) micro-batch loss; add them "
+                              "all up"),
         "loss_type": M("returning a tensor of several values, or nothing",
                        "return the whole batch's loss as one float (loss.item())"),
         "inplace": INPLACE,
@@ -340,7 +343,7 @@ def check_accumulate_gradients(fn) -> None:
             if K > 1 and math.isclose(got_loss, full_loss.item() * K, rel_tol=1e-5):
                 hint = H["loss_sum"].hint
             elif K > 1 and math.isclose(got_loss, last / K, rel_tol=1e-5):
-                hint = "you returned only the last (scaled) micro-batch loss; add them all up"
+                hint = H["loss_last_scaled"].hint
             elif K > 1 and math.isclose(got_loss, last, rel_tol=1e-5):
                 hint = H["loss_last"].hint
             else:
@@ -352,6 +355,13 @@ def check_accumulate_gradients(fn) -> None:
 
 # ------------------------------------------------- exercise 3: all-reduce by hand
 
+def _inputs(rank: int) -> list[torch.Tensor]:
+    """The three cases process `rank` averages (the worker imports them from here)."""
+    return [torch.tensor([1.0, 2.0, 3.0]) * (rank + 1),  # [1, 2, 3] and [2, 4, 6]
+            torch.arange(6.0).view(2, 3) - 10 * rank,  # 2-D, negative on rank 1
+            torch.tensor(7.5) if rank == 0 else torch.tensor(-2.5)]  # a scalar
+
+
 _WORKER = r'''
 import json, os, sys, traceback
 import torch
@@ -360,9 +370,8 @@ import torch.distributed as dist
 dist.init_process_group("gloo", timeout=__import__("datetime").timedelta(seconds=30))
 rank = dist.get_rank()
 sources = json.loads(open(sys.argv[1]).read())
-cases = [torch.tensor([1.0, 2.0, 3.0]) * (rank + 1),          # [1, 2, 3] and [2, 4, 6]
-         torch.arange(6.0).view(2, 3) - 10 * rank,             # 2-D, negative on rank 1
-         torch.tensor(7.5) if rank == 0 else torch.tensor(-2.5)]  # a scalar
+from lmkit.checks.ch12 import _inputs
+cases = _inputs(rank)
 results = []
 for name, source in sources:
     ns = {"torch": torch, "dist": dist}
@@ -430,15 +439,8 @@ def _all_reduce_hint(ranks: list[dict]) -> str | None:
         return "stub"
     for r in ranks:
         if "error" in r:
-            err = r["error"]
-            if "AVG" in err or "ReduceOp" in err or "Cannot use ReduceOp" in err:
-                return (f"your function raised {err}. gloo (the CPU backend) has no "
-                        "ReduceOp.AVG: all_reduce with ReduceOp.SUM, then divide by "
-                        "dist.get_world_size()")
-            return f"your function raised {err}"
-    inputs = [[[1.0, 2.0, 3.0], [[0.0, 1.0, 2.0], [3.0, 4.0, 5.0]], 7.5],
-              [[2.0, 4.0, 6.0], [[-10.0, -9.0, -8.0], [-7.0, -6.0, -5.0]], -2.5]]
-    t = [[torch.tensor(v) for v in inputs[r]] for r in range(2)]
+            return f"your function raised {r['error']}"
+    t = [_inputs(r) for r in range(2)]
     mean = [(a + b) / 2 for a, b in zip(t[0], t[1])]
     for c in range(3):
         got = [ranks[r]["cases"][c] for r in range(2)]
@@ -478,10 +480,6 @@ def _all_reduce_hint(ranks: list[dict]) -> str | None:
     return None
 
 
-def _inputs(rank: int) -> list[torch.Tensor]:
-    """The worker's three cases on process `rank` (see _WORKER)."""
-    return [torch.tensor([1.0, 2.0, 3.0]) * (rank + 1), torch.arange(6.0).view(2, 3) - 10 * rank,
-            torch.tensor(7.5) if rank == 0 else torch.tensor(-2.5)]
 
 
 def _world_size_hint(ranks: list[dict]) -> str | None:
