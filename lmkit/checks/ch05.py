@@ -31,6 +31,7 @@ from .common import (
     forbidden,
     grads_flow,
     passed,
+    sentence,
 )
 
 __all__ = ["check_layer_norm", "check_rms_norm", "check_pre_norm_block", "check_post_norm_block",
@@ -208,7 +209,7 @@ def _ln_variant(x: Tensor, w: Tensor | None, b: Tensor | None, eps: float, *,
     return y
 
 
-_NORM_SHAPE_HINT = _SHAPE.hint[0].upper() + _SHAPE.hint[1:] + "."
+_NORM_SHAPE_HINT = sentence(_SHAPE.hint)
 
 
 # ----------------------------------------------------------------------------- exercise 1

@@ -18,7 +18,17 @@ from ..embeddings import (
     rope_frequencies,
     rope_permutation,
 )
-from .common import INPLACE, NO_RETURN, Mistake, call_tensors, checker, compare, fail, passed
+from .common import (
+    INPLACE,
+    NO_RETURN,
+    Mistake,
+    call_tensors,
+    checker,
+    compare,
+    fail,
+    passed,
+    sentence,
+)
 
 __all__ = ["check_rope_rotate", "check_rope_scores", "check_repeat_kv", "check_rolling_update",
            "check_merge_blocks", "check_to_half_layout", "MISTAKES"]
@@ -266,8 +276,7 @@ def check_rope_rotate(fn) -> None:
             (_swap_cos_sin(x, pos, theta), H["cos_sin"].hint),
             (_unstacked(_rotate(x, pos, theta)), H["write_back"].hint),
         ]
-        compare("rope_rotate", case, got, want, mistakes, shape_hint=H["shape"].hint[0].upper()
-                + H["shape"].hint[1:] + ".")
+        compare("rope_rotate", case, got, want, mistakes, shape_hint=sentence(H["shape"].hint))
     passed("rope_rotate", len(cases))
 
 
@@ -308,7 +317,7 @@ def check_rope_scores(fn) -> None:
             (table(qpos=n + 1), H["shift"].hint),
         ]
         compare("rope_scores", case, got, want, mistakes,
-                shape_hint=H["diagonal"].hint[0].upper() + H["diagonal"].hint[1:] + ".")
+                shape_hint=sentence(H["diagonal"].hint))
     passed("rope_scores", len(cases))
 
 
@@ -510,5 +519,5 @@ def check_to_half_layout(fn) -> None:
             mistakes.append((torch.cat((by_cols[:, 0::2], by_cols[:, 1::2]), 1).reshape(w.shape),
                              H["d_from_columns"].hint))
         compare("to_half_layout", case, got, want, mistakes,
-                shape_hint=H["shape"].hint[0].upper() + H["shape"].hint[1:] + ".")
+                shape_hint=sentence(H["shape"].hint))
     passed("to_half_layout", len(cases))

@@ -17,7 +17,8 @@ _HOOK = M("leaving a forward hook on the model (registered by hand and never rem
           "you left a hook on the model: later forward passes would still be changed. Use "
           "`with hooks(model, {...}):` (it removes them), or call handle.remove()")
 _SHAPE = M("returning the wrong shape (a dimension dropped, or the dimensions in another order)",
-           "return the shape the exercise asks for (the batch dimension kept)")
+           "return the shape the exercise asks for: no dimension added, dropped or "
+           "reordered (the batch dimension kept)")
 _DTYPE = M("returning another dtype (float64)",
            "keep the model's dtype (float32): do not convert with .double()")
 MISTAKES: dict[str, dict[str, Mistake]] = {

@@ -280,6 +280,11 @@ def guard(t: Tensor, funcs: Sequence) -> Tensor:
 # --------------------------------------------------------------------------- comparing
 
 
+def sentence(hint: str) -> str:
+    """A table hint as a sentence of its own: capitalised, with a full stop."""
+    return hint[0].upper() + hint[1:] + ("" if hint.endswith(".") else ".")
+
+
 def shape_of(t) -> tuple[int, ...] | str:
     """A tensor's shape as a tuple; for anything else, its type name."""
     return tuple(t.shape) if isinstance(t, Tensor) else type(t).__name__
