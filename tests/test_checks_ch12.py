@@ -400,3 +400,11 @@ def test_all_reduce_catalogue_gets_its_hints():
         for w, hint in zip(answers, hints[len(right):], strict=True):
             assert hint is not None and ch12.MISTAKES[w.exercise][w.mistake].hint in hint, (
                 w.id, hint)
+
+
+def test_the_accumulation_check_leaves_the_students_random_state_alone(capsys):
+    """The check builds its models from fixed seeds without reseeding the notebook's RNG."""
+    torch.manual_seed(123)
+    before = torch.random.get_rng_state()
+    ch12.check_accumulate_gradients(accumulate)
+    assert torch.equal(torch.random.get_rng_state(), before)

@@ -8,7 +8,19 @@ import operator
 import torch
 
 from ..model import Block, ModelConfig, TransformerLM
-from .common import INPLACE, OVERFLOW, Mistake, call, checker, close, fail, forbid, passed, shape_of
+from .common import (
+    INPLACE,
+    OVERFLOW,
+    Mistake,
+    call,
+    checker,
+    close,
+    fail,
+    forbid,
+    passed,
+    perturbed,
+    shape_of,
+)
 
 __all__ = ["check_lm_head_probs", "check_block_forward", "check_count_params",
            "check_flops_per_token", "check_gpt2_block_weights", "MISTAKES"]
@@ -218,15 +230,6 @@ def check_lm_head_probs(fn) -> None:
 # ----------------------------------------------------------------------------- exercise 2
 
 
-def _perturbed(module: torch.nn.Module, seed: int) -> torch.nn.Module:
-    """Random norm weights and biases too, so that mixing up two norms shows."""
-    g = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for p in module.parameters():
-            p.add_(torch.randn(p.shape, generator=g) * 0.3)
-    return module.eval()
-
-
 def _wrong_blocks(x, n1, attn, n2, mlp):
     """Typical mistakes, each written out, and the key of the hint for each."""
     h = x + attn(n1(x))
@@ -265,7 +268,7 @@ def check_block_forward(fn) -> None:
     for k, (cfg, (B, T)) in enumerate(cases):
         with torch.random.fork_rng():  # the same weights every time, the caller's RNG untouched
             torch.manual_seed(k)
-            block = _perturbed(Block(cfg), seed=k)
+            block = perturbed(Block(cfg), seed=k, scale=0.3)
         x = torch.randn(B, T, cfg.d_model, generator=g)
         parts = (block.norm1, block.attn, block.norm2, block.mlp)
         with torch.no_grad():
@@ -504,9 +507,9 @@ def check_gpt2_block_weights(fn) -> None:
     for C, L, H, F in sizes:
         with torch.random.fork_rng():  # the same weights every time, the caller's RNG untouched
             torch.manual_seed(C)
-            hf_model = _perturbed(GPT2LMHeadModel(GPT2Config(
+            hf_model = perturbed(GPT2LMHeadModel(GPT2Config(
                 vocab_size=97, n_positions=16, n_embd=C, n_layer=L, n_head=H, n_inner=F,
-                bos_token_id=0, eos_token_id=0)), seed=C)
+                bos_token_id=0, eos_token_id=0)), seed=C, scale=0.3)
         cfg = ModelConfig.gpt2(vocab_size=97, context_length=16, d_model=C, n_layers=L,
                                n_heads=H, d_ff=F)
         t = hf_model.transformer

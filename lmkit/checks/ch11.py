@@ -7,7 +7,18 @@ from torch import Tensor
 
 from ..inspect import head_outputs, hooks, normalize_like, run_with_cache
 from ..model import ModelConfig, TransformerLM
-from .common import INPLACE, NO_RETURN, Mistake, call, call_tensors, checker, compare, fail, passed
+from .common import (
+    INPLACE,
+    NO_RETURN,
+    Mistake,
+    call,
+    call_tensors,
+    checker,
+    compare,
+    fail,
+    passed,
+    perturbed,
+)
 
 __all__ = ["check_head_pattern", "check_induction_score", "check_logit_lens",
            "check_head_dla", "check_patch_resid", "check_probe_with_control", "MISTAKES"]
@@ -238,13 +249,10 @@ def _model(kind: str, seed: int = 0) -> TransformerLM:
     else:  # Llama layout, grouped-query attention: 4 query heads share 2 key/value heads
         cfg = ModelConfig.llama(vocab_size=61, context_length=32, d_model=32, n_layers=3,
                                 n_heads=4, n_kv_heads=2, d_ff=48)
-    with torch.random.fork_rng():
+    with torch.random.fork_rng():  # the same weights every time, the caller's RNG untouched
         torch.manual_seed(seed)
         model = TransformerLM(cfg)
-        with torch.no_grad():
-            for p in model.parameters():
-                p.add_(torch.randn_like(p) * 0.1)
-    return model.eval()
+    return perturbed(model, seed, 0.1)
 
 
 def _ids(model: TransformerLM, B: int, T: int, seed: int) -> Tensor:

@@ -231,9 +231,10 @@ def check_training_memory(fn) -> None:
 
 
 def _model(seed: int) -> TransformerLM:
-    torch.manual_seed(seed)
-    return TransformerLM(ModelConfig.gpt2(vocab_size=17, context_length=8, d_model=16,
-                                          n_layers=1, n_heads=2))
+    with torch.random.fork_rng():  # the same weights every time, the caller's RNG untouched
+        torch.manual_seed(seed)
+        return TransformerLM(ModelConfig.gpt2(vocab_size=17, context_length=8, d_model=16,
+                                              n_layers=1, n_heads=2))
 
 
 def _grads(model) -> list[torch.Tensor]:

@@ -280,6 +280,16 @@ def guard(t: Tensor, funcs: Sequence) -> Tensor:
 # --------------------------------------------------------------------------- comparing
 
 
+def perturbed(module: torch.nn.Module, seed: int, scale: float) -> torch.nn.Module:
+    """`module` in eval mode with N(0, scale^2) noise added to every parameter (norm weights
+    and biases too, which start as ones and zeros): mixing up two of them then shows."""
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for p in module.parameters():
+            p.add_(torch.randn(p.shape, generator=g) * scale)
+    return module.eval()
+
+
 def sentence(hint: str) -> str:
     """A table hint as a sentence of its own: capitalised, with a full stop."""
     return hint[0].upper() + hint[1:] + ("" if hint.endswith(".") else ".")
