@@ -123,6 +123,11 @@ def masking_le(select=False, kind=False):
     return fn
 
 
+def masked_with_zeros(ids, u1, u2, rnd, mask_id, p):
+    inputs, labels = mlm_masking(ids, u1, u2, rnd, mask_id, p)
+    return inputs.masked_fill(inputs == mask_id, 0), labels
+
+
 W2 = [
     Wrong("mlm_masking", "labels_all", variant(labels_fn=lambda ids, x, c: ids)),
     Wrong("mlm_masking", "labels_zero", variant(labels_fn=lambda ids, x, c: torch.where(
@@ -162,9 +167,39 @@ def wordpiece_greedy(word, vocab, on_fail=lambda pieces: ["[UNK]"]):
     return pieces
 
 
+def plain_lookup(word, vocab):  # looks up later pieces without '##', returns them with it
+    pieces, start = [], 0
+    while start < len(word):
+        end = len(word)
+        while end > start and word[start:end] not in vocab:
+            end -= 1
+        if end == start:
+            return ["[UNK]"]
+        pieces.append(word[start:end] if start == 0 else "##" + word[start:end])
+        start = end
+    return pieces
+
+
+def backtracking(word, vocab):  # a shorter piece when the longest leads to no full cut
+    def cut(start):
+        if start == len(word):
+            return []
+        for end in range(len(word), start, -1):
+            piece = word[start:end] if start == 0 else "##" + word[start:end]
+            rest = cut(end) if piece in vocab else None
+            if rest is not None:
+                return [piece] + rest
+        return None
+
+    pieces = cut(0)
+    return ["[UNK]"] if pieces is None else pieces
+
+
 W3 = [
     Wrong("wordpiece_greedy", "shortest", ch10._shortest_first),
     Wrong("wordpiece_greedy", "no_hash", lambda w, v: ch10._greedy(w, v, prefix_rest=False)),
+    Wrong("wordpiece_greedy", "no_hash", plain_lookup),
+    Wrong("wordpiece_greedy", "backtrack", backtracking),
     Wrong("wordpiece_greedy", "hash_first", lambda w, v: ch10._greedy(w, v, prefix_first=True)),
     Wrong("wordpiece_greedy", "piece_unk", lambda w, v: ch10._greedy(w, v, on_fail="piece_unk")),
     Wrong("wordpiece_greedy", "skip", lambda w, v: ch10._greedy(w, v, on_fail="skip")),
@@ -285,6 +320,8 @@ def test_alternatives_pass(capsys):
     (ch10.check_wordpiece_greedy, lambda w, v: wordpiece_greedy(w, v)[:-1] if len(w) > 3
      else wordpiece_greedy(w, v), "expected"),
     (ch10.check_mean_pool, lambda h, m: mean_pool(h, m).double(), "expected dtype"),
+    # zeros where mask_id belongs (passed while every case used mask_id = 0)
+    (ch10.check_mlm_masking, masked_with_zeros, r"inputs\[\d+, \d+\] is 0, expected"),
 ])
 def test_other_wrong_answers_are_rejected(check, wrong, message):
     with pytest.raises(AssertionError, match=message):
@@ -301,7 +338,9 @@ def test_wordpiece_catalogue_variants_differ_from_the_right_answer():
                 lambda w, v: ch10._greedy(w, v, on_fail="piece_unk"),
                 lambda w, v: ch10._greedy(w, v, on_fail="skip"),
                 lambda w, v: ch10._greedy(w, v, on_fail="empty"),
-                lambda w, v: ch10._greedy(w, v, on_fail="prefix_unk")]
+                lambda w, v: ch10._greedy(w, v, on_fail="prefix_unk"),
+                lambda w, v: ch10._greedy(w, v, prefix_rest=False, hash_out=True),
+                ch10._backtracking]
     for v in variants:
         assert any(v(w, ch10._VOCAB) != wordpiece(w, ch10._VOCAB) for w in ch10._WORDS)
     assert ch10._greedy("unaffable", ch10._VOCAB) == wordpiece("unaffable", ch10._VOCAB)

@@ -111,7 +111,8 @@ MISTAKES: dict[str, dict[str, Mistake]] = {
                       "of the vocabulary that starts where you are, then goes on"),
         "no_hash": M("looking up later pieces without '##'",
                      "pieces after the first must be looked up (and returned) with the '##' "
-                     "prefix, which marks a piece that continues a word"),
+                     "prefix, which marks a piece that continues a word: 'play' and '##play' "
+                     "are different entries of the vocabulary"),
         "hash_first": M("'##' on the first piece too", "the first piece of a word has no '##' "
                         "prefix; only the pieces that continue it do"),
         "piece_unk": M("[UNK] for the failing character only",
@@ -125,6 +126,10 @@ MISTAKES: dict[str, dict[str, Mistake]] = {
         "prefix_unk": M("keeping the pieces found before a failure, then [UNK]",
                         "when a later part of the word matches nothing, the whole word is "
                         "['[UNK]']: drop the pieces you found before it"),
+        "backtrack": M("trying a shorter piece when the rest of the word matches nothing",
+                       "WordPiece never goes back: it keeps the longest piece it found, and if "
+                       "what follows matches nothing the whole word is ['[UNK]'], even when a "
+                       "shorter piece would have led to a full cut"),
         "right_to_left": M("matching from the end of the word",
                            "you matched from the end of the word; WordPiece reads left to "
                            "right, longest prefix first"),
@@ -307,7 +312,8 @@ def check_mlm_masking(fn) -> None:
         u1[0, 1], u2[0, 1] = 0.0, 0.8
         u1[0, 2], u2[0, 2] = 0.0, 0.9
         rnd = torch.randint(1, V, (B, T), generator=g)
-        mask_id = 0
+        mask_id = V  # one id past the vocabulary, as [MASK] in the chapter (not 0: writing
+        # zeros instead of mask_id must fail)
         got = call_tensors(fn, ids, u1, u2, rnd, mask_id, p, name="mlm_masking")
         case = f"ids of shape {(B, T)}, p={p}"
         if not (isinstance(got, tuple) and len(got) == 2):
@@ -351,7 +357,9 @@ def _shortest_first(word, vocab):
     return pieces
 
 
-def _greedy(word, vocab, prefix_first=False, prefix_rest=True, on_fail="unk"):
+def _greedy(word, vocab, prefix_first=False, prefix_rest=True, on_fail="unk",
+            hash_out=False):
+    """WordPiece with one mistake; `hash_out`: looked up without '##' but returned with it."""
     pieces, start = [], 0
     while start < len(word):
         end = len(word)
@@ -360,6 +368,8 @@ def _greedy(word, vocab, prefix_first=False, prefix_rest=True, on_fail="unk"):
             if pre + word[start:end] in vocab:
                 break
             end -= 1
+        if hash_out and end > start and start > 0:
+            pre = "##"
         if end == start:
             if on_fail == "unk":
                 return ["[UNK]"]
@@ -374,6 +384,18 @@ def _greedy(word, vocab, prefix_first=False, prefix_rest=True, on_fail="unk"):
         pieces.append(pre + word[start:end])
         start = end
     return pieces
+
+
+def _backtracking(word, vocab, start=0):
+    """A full cut if there is one (a shorter piece when the longest leads nowhere)."""
+    if start == len(word):
+        return []
+    for end in range(len(word), start, -1):
+        piece = word[start:end] if start == 0 else "##" + word[start:end]
+        rest = _backtracking(word, vocab, end) if piece in vocab else None
+        if rest is not None and rest != ["[UNK]"]:
+            return [piece] + rest
+    return ["[UNK]"] if start == 0 else None
 
 
 def _right_to_left(word, vocab):
@@ -394,10 +416,12 @@ def _right_to_left(word, vocab):
 
 _VOCAB = {"[UNK]", "un", "una", "##aff", "##able", "##ffable", "##a", "##f", "##b", "##l", "##e",
           "a", "f", "play", "##ing", "##in", "##g", "##s", "p", "##lay", "pla", "##y", "##er",
-          "aff", "able", "b", "##p", "x", "##x", "##yer"}
+          "aff", "able", "b", "##p", "x", "##x", "##yer", "##yz"}
 
+# "playz": greedy takes "play", then "z" matches nothing ("pla" + "##yz" would cut it, but
+# WordPiece never goes back); "aplay": "play" is in the vocabulary, "##play" is not
 _WORDS = ["unaffable", "playing", "plays", "player", "a", "unx", "zebra", "aaa", "play",
-          "playingx", "fab", "x" * 30, "pax", "playz"]
+          "playingx", "fab", "x" * 30, "pax", "playz", "aplay"]
 
 
 @checker
@@ -407,11 +431,13 @@ def check_wordpiece_greedy(fn) -> None:
     wrong = [
         (_shortest_first, H["shortest"].hint),
         (lambda w, v: _greedy(w, v, prefix_rest=False), H["no_hash"].hint),
+        (lambda w, v: _greedy(w, v, prefix_rest=False, hash_out=True), H["no_hash"].hint),
         (lambda w, v: _greedy(w, v, prefix_first=True), H["hash_first"].hint),
         (lambda w, v: _greedy(w, v, on_fail="piece_unk"), H["piece_unk"].hint),
         (lambda w, v: _greedy(w, v, on_fail="skip"), H["skip"].hint),
         (lambda w, v: _greedy(w, v, on_fail="empty"), H["empty"].hint),
         (lambda w, v: _greedy(w, v, on_fail="prefix_unk"), H["prefix_unk"].hint),
+        (_backtracking, H["backtrack"].hint),
         (_right_to_left, H["right_to_left"].hint),
         (lambda w, v: [w] if w in v else ["[UNK]"], H["whole_word"].hint),
         (lambda w, v: list(w) if all(c in v or "##" + c in v for c in w) else ["[UNK]"],
