@@ -242,9 +242,6 @@ def check_bidirectional_mask(fn) -> None:
         if left:
             mistakes.append((_padding(lengths, T).bool()[:, None, :].expand(len(lengths), T, T),
                              H["right_only"].hint))
-        if isinstance(got, Tensor) and got.dtype == torch.bool:  # compare as 0/1: a bool
-            got, want = got.long(), want.long()  # tensor cannot be subtracted for the message
-            mistakes = [(w.long(), hint) for w, hint in mistakes]
         compare("bidirectional_mask", case, got, want, mistakes,
                 shape_hint="One (T, T) matrix per sequence: [b, i, j] says whether query i "
                            "may attend to key j.")
