@@ -123,6 +123,14 @@ def masking_le(select=False, kind=False):
     return fn
 
 
+def other_partition(ids, u1, u2, rnd, mask_id, p):  # 80/10/10, but not the ranges asked for
+    chosen = u1 < p
+    x = ids.clone()
+    x[chosen & (u2 >= 0.2)] = mask_id
+    x[chosen & (u2 < 0.1)] = rnd[chosen & (u2 < 0.1)]
+    return x, torch.where(chosen, ids, torch.full_like(ids, -100))
+
+
 def masked_with_zeros(ids, u1, u2, rnd, mask_id, p):
     inputs, labels = mlm_masking(ids, u1, u2, rnd, mask_id, p)
     return inputs.masked_fill(inputs == mask_id, 0), labels
@@ -324,6 +332,13 @@ def test_alternatives_pass(capsys):
     (ch10.check_wordpiece_greedy, lambda w, v: wordpiece_greedy(w, v)[:-1] if len(w) > 3
      else wordpiece_greedy(w, v), "expected"),
     (ch10.check_mean_pool, lambda h, m: mean_pool(h, m).double(), "expected dtype"),
+    # wrong answers that coincide with a catalogued mistake on one case only get the value
+    # message, not that mistake's hint ('every entry is True', 'every chosen position became
+    # [MASK]', 'you divided by T'), which would send the student after the wrong bug
+    (ch10.check_bidirectional_mask, lambda m: bidirectional_mask(m[:1].expand(len(m), -1)),
+     r"wrong values, .* \(expected (True|False), got (True|False)\)"),
+    (ch10.check_mlm_masking, other_partition, r"inputs\[\d+, \d+\] is \d+, expected"),
+    (ch10.check_mean_pool, lambda h, m: summed(h, m) / m[0].sum(), r"wrong values, largest"),
     # zeros where mask_id belongs (passed while every case used mask_id = 0)
     (ch10.check_mlm_masking, masked_with_zeros, r"inputs\[\d+, \d+\] is 0, expected"),
 ])

@@ -199,6 +199,34 @@ def _padding(lengths: list[int], T: int, left: bool = False) -> Tensor:
     return m.flip(1) if left else m  # left padding: the real tokens at the end
 
 
+def _explaining(results: list, same) -> str | None:
+    """The hint of the mistake that explains the answer on EVERY case (case, got, want,
+    [(mistake's output, hint), ...]), or None. On a single case an unrelated wrong answer
+    may coincide with a mistake (the first sequence's mask used for all is 'all True' when
+    that sequence has no padding); a mistake missing from a case gives the right answer there."""
+    hints = list(dict.fromkeys(h for r in results for _, h in r[3]))
+    for hint in hints:
+        outs = [{h: o for o, h in r[3]}.get(hint, r[2]) for r in results]
+        if all(same(got, out) or same(got, want) and same(out, want)
+               for (_, got, want, *_), out in zip(results, outs)):
+            return hint
+    return None
+
+
+def _verdict(name: str, results: list, n_cases: int) -> None:
+    """Pass, or fail with the hint of the mistake that explains every case, or else with the
+    first wrong value (`compare`'s message) of the first wrong case."""
+    if all(close(got, want) for _, got, want, *_ in results):
+        passed(name, n_cases)
+        return
+    hint = _explaining(results, close)
+    if hint is not None:
+        case = next(c for c, got, want, *_ in results if not close(got, want))
+        fail(f"{name} on {case}: {hint}")
+    for case, got, want, *_ in results:
+        compare(name, case, got, want, [])
+
+
 # ----------------------------------------------------------------------------- exercise 1
 
 
@@ -225,6 +253,7 @@ def check_bidirectional_mask(fn) -> None:
     H = MISTAKES["bidirectional_mask"]
     cases = [([4, 2, 3], 4, False), ([5], 5, False), ([1, 6], 6, False), ([3, 3], 3, False),
              ([2, 7, 5, 1], 7, False), ([2, 4, 3], 4, True)]
+    results = []
     for lengths, T, left in cases:
         m = _padding(lengths, T, left)
         got = call_tensors(fn, m, name="bidirectional_mask")
@@ -238,14 +267,16 @@ def check_bidirectional_mask(fn) -> None:
         if isinstance(got, Tensor) and got.shape in ((len(lengths), T), (len(lengths), 1, T)):
             fail(f"bidirectional_mask on {case}: expected shape (B, T, T) = "
                  f"{(len(lengths), T, T)}, got {shape_of(got)}: {H['shape'].hint}")
+        if not (isinstance(got, Tensor) and got.shape == want.shape and got.dtype == want.dtype):
+            compare("bidirectional_mask", case, got, want, [],  # fails: type, shape or dtype
+                    shape_hint="One (T, T) matrix per sequence: [b, i, j] says whether query "
+                               "i may attend to key j.")
         mistakes = _wrong_masks(m)
         if left:
             mistakes.append((_padding(lengths, T).bool()[:, None, :].expand(len(lengths), T, T),
                              H["right_only"].hint))
-        compare("bidirectional_mask", case, got, want, mistakes,
-                shape_hint="One (T, T) matrix per sequence: [b, i, j] says whether query i "
-                           "may attend to key j.")
-    passed("bidirectional_mask", len(cases))
+        results.append((case, got, want, mistakes))
+    _verdict("bidirectional_mask", results, len(cases))
 
 
 # ----------------------------------------------------------------------------- exercise 2
@@ -300,6 +331,7 @@ def check_mlm_masking(fn) -> None:
     H = MISTAKES["mlm_masking"]
     g = torch.Generator().manual_seed(0)
     cases = [(2, 12, 50, 0.15), (4, 40, 100, 0.15), (1, 8, 20, 0.5), (3, 25, 1000, 0.3)]
+    results = []
     for B, T, V, p in cases:
         ids = torch.randint(1, V, (B, T), generator=g)
         u1, u2 = torch.rand(B, T, generator=g), torch.rand(B, T, generator=g)
@@ -316,25 +348,31 @@ def check_mlm_masking(fn) -> None:
         if not (isinstance(got, tuple) and len(got) == 2):
             fail(f"mlm_masking on {case} returned {type(got).__name__}: {H['not_pair'].hint}")
         want = apply_masking(ids, u1, u2, rnd, mask_id, p)
-        if all(isinstance(t, Tensor) and t.dtype == w.dtype and torch.equal(t, w)
-               for t, w in zip(got, want)):
-            continue
-        for (w_in, w_lab), hint in _wrong_maskings(ids, u1, u2, rnd, mask_id, p):
-            if all(isinstance(t, Tensor) and t.shape == w.shape and t.dtype == w.dtype
-                   and torch.equal(t, w) for t, w in zip(got, (w_in, w_lab))):
-                fail(f"mlm_masking on {case}: {hint}")
         for what, t, w in zip(("inputs", "labels"), got, want):
             if not isinstance(t, Tensor) or t.shape != w.shape or t.dtype != w.dtype:
                 fail(f"mlm_masking on {case}: {what} should be a {w.dtype} tensor of shape "
                      f"{tuple(w.shape)}, got {shape_of(t)}"
                      + (f" of dtype {t.dtype}" if isinstance(t, Tensor) else "")
                      + f": {H['dtype'].hint}")
+        results.append((case, got, want, _wrong_maskings(ids, u1, u2, rnd, mask_id, p),
+                        (T, ids, u1, u2, rnd)))
+
+    def same(a, b):
+        return all(torch.equal(t, w) for t, w in zip(a, b))
+
+    if all(same(got, want) for _, got, want, *_ in results):
+        passed("mlm_masking", len(cases))
+        return
+    hint = _explaining(results, same)
+    for case, got, want, _, (T, ids, u1, u2, rnd) in results:
+        if hint is not None and not same(got, want):
+            fail(f"mlm_masking on {case}: {hint}")
+        for what, t, w in zip(("inputs", "labels"), got, want):
             if not torch.equal(t, w):
                 b, i = divmod(int((t != w).flatten().nonzero()[0]), T)
                 fail(f"mlm_masking on {case}: {what}[{b}, {i}] is {int(t[b, i])}, expected "
                      f"{int(w[b, i])} (u_select={u1[b, i]:.3f}, u_kind={u2[b, i]:.3f}, "
                      f"ids={int(ids[b, i])}, random_ids={int(rnd[b, i])})")
-    passed("mlm_masking", len(cases))
 
 
 # ----------------------------------------------------------------------------- exercise 3
@@ -473,6 +511,7 @@ def check_mean_pool(fn) -> None:
     g = torch.Generator().manual_seed(0)
     cases = [([5, 2, 3], 5, 4, False), ([4], 4, 3, False), ([1, 6], 6, 8, False),
              ([3, 3, 1, 2], 3, 5, False), ([2, 5, 3], 5, 4, True)]
+    results = []
     for lengths, T, C, left in cases:
         h = torch.randn(len(lengths), T, C, generator=g) + 1.0
         m = _padding(lengths, T, left)
@@ -495,9 +534,11 @@ def check_mean_pool(fn) -> None:
                              H["right_only"].hint))
         case = (f"h of shape {(len(lengths), T, C)}, real lengths {lengths}"
                 + (", padded on the left" if left else ""))
-        compare("mean_pool", case, got, want, mistakes,
-                shape_hint=H["shape"].hint[0].upper() + H["shape"].hint[1:] + ".")
-    passed("mean_pool", len(cases))
+        if not (isinstance(got, Tensor) and got.shape == want.shape and got.dtype == want.dtype):
+            compare("mean_pool", case, got, want, [],  # fails: type, shape or dtype
+                    shape_hint=H["shape"].hint[0].upper() + H["shape"].hint[1:] + ".")
+        results.append((case, got, want, mistakes))
+    _verdict("mean_pool", results, len(cases))
 
 
 # ----------------------------------------------------------------------------- exercise 5
