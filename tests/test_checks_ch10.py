@@ -339,6 +339,9 @@ def test_alternatives_pass(capsys):
      r"wrong values, .* \(expected (True|False), got (True|False)\)"),
     (ch10.check_mlm_masking, other_partition, r"inputs\[\d+, \d+\] is \d+, expected"),
     (ch10.check_mean_pool, lambda h, m: summed(h, m) / m[0].sum(), r"wrong values, largest"),
+    # a missing return is named as such (was 'returned NoneType: return a pair')
+    (ch10.check_mlm_masking, lambda *a: None, "did you forget `return`"),
+    (ch10.check_wordpiece_greedy, lambda w, v: None, "did you forget `return`"),
     # zeros where mask_id belongs (passed while every case used mask_id = 0)
     (ch10.check_mlm_masking, masked_with_zeros, r"inputs\[\d+, \d+\] is 0, expected"),
 ])

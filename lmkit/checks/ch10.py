@@ -13,7 +13,18 @@ from torch import Tensor
 from ..mlm import IGNORE_INDEX, apply_masking
 from ..model import mean_pool
 from ..wordpiece import wordpiece
-from .common import INPLACE, Mistake, call_tensors, checker, close, compare, fail, passed, shape_of
+from .common import (
+    INPLACE,
+    NO_RETURN,
+    Mistake,
+    call_tensors,
+    checker,
+    close,
+    compare,
+    fail,
+    passed,
+    shape_of,
+)
 
 __all__ = ["check_bidirectional_mask", "check_mlm_masking", "check_wordpiece_greedy",
            "check_mean_pool", "check_cosine_top_k", "MISTAKES"]
@@ -345,6 +356,8 @@ def check_mlm_masking(fn) -> None:
         # zeros instead of mask_id must fail)
         got = call_tensors(fn, ids, u1, u2, rnd, mask_id, p, name="mlm_masking")
         case = f"ids of shape {(B, T)}, p={p}"
+        if got is None:
+            fail(f"mlm_masking on {case}: {NO_RETURN.hint}")
         if not (isinstance(got, tuple) and len(got) == 2):
             fail(f"mlm_masking on {case} returned {type(got).__name__}: {H['not_pair'].hint}")
         want = apply_masking(ids, u1, u2, rnd, mask_id, p)
@@ -482,6 +495,8 @@ def check_wordpiece_greedy(fn) -> None:
     for word in _WORDS:
         got = call_tensors(fn, word, set(_VOCAB), name="wordpiece_greedy")
         case = f"word {word!r}"
+        if got is None:
+            fail(f"wordpiece_greedy on {case}: {NO_RETURN.hint}")
         if isinstance(got, str):
             fail(f"wordpiece_greedy on {case} returned the string {got!r}: {H['string'].hint}")
         if not isinstance(got, list):
