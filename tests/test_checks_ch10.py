@@ -123,6 +123,19 @@ def masking_le(select=False, kind=False):
     return fn
 
 
+def other_partition(ids, u1, u2, rnd, mask_id, p):  # 80/10/10, but not the ranges asked for
+    chosen = u1 < p
+    x = ids.clone()
+    x[chosen & (u2 >= 0.2)] = mask_id
+    x[chosen & (u2 < 0.1)] = rnd[chosen & (u2 < 0.1)]
+    return x, torch.where(chosen, ids, torch.full_like(ids, -100))
+
+
+def masked_with_zeros(ids, u1, u2, rnd, mask_id, p):
+    inputs, labels = mlm_masking(ids, u1, u2, rnd, mask_id, p)
+    return inputs.masked_fill(inputs == mask_id, 0), labels
+
+
 W2 = [
     Wrong("mlm_masking", "labels_all", variant(labels_fn=lambda ids, x, c: ids)),
     Wrong("mlm_masking", "labels_zero", variant(labels_fn=lambda ids, x, c: torch.where(
@@ -162,9 +175,39 @@ def wordpiece_greedy(word, vocab, on_fail=lambda pieces: ["[UNK]"]):
     return pieces
 
 
+def plain_lookup(word, vocab):  # looks up later pieces without '##', returns them with it
+    pieces, start = [], 0
+    while start < len(word):
+        end = len(word)
+        while end > start and word[start:end] not in vocab:
+            end -= 1
+        if end == start:
+            return ["[UNK]"]
+        pieces.append(word[start:end] if start == 0 else "##" + word[start:end])
+        start = end
+    return pieces
+
+
+def backtracking(word, vocab):  # a shorter piece when the longest leads to no full cut
+    def cut(start):
+        if start == len(word):
+            return []
+        for end in range(len(word), start, -1):
+            piece = word[start:end] if start == 0 else "##" + word[start:end]
+            rest = cut(end) if piece in vocab else None
+            if rest is not None:
+                return [piece] + rest
+        return None
+
+    pieces = cut(0)
+    return ["[UNK]"] if pieces is None else pieces
+
+
 W3 = [
     Wrong("wordpiece_greedy", "shortest", ch10._shortest_first),
     Wrong("wordpiece_greedy", "no_hash", lambda w, v: ch10._greedy(w, v, prefix_rest=False)),
+    Wrong("wordpiece_greedy", "no_hash", plain_lookup),
+    Wrong("wordpiece_greedy", "backtrack", backtracking),
     Wrong("wordpiece_greedy", "hash_first", lambda w, v: ch10._greedy(w, v, prefix_first=True)),
     Wrong("wordpiece_greedy", "piece_unk", lambda w, v: ch10._greedy(w, v, on_fail="piece_unk")),
     Wrong("wordpiece_greedy", "skip", lambda w, v: ch10._greedy(w, v, on_fail="skip")),
@@ -281,10 +324,26 @@ def test_alternatives_pass(capsys):
 @pytest.mark.parametrize("check, wrong, message", [
     # a wrong bool mask the table has no entry for: the position message, not a crash
     (ch10.check_bidirectional_mask, lambda m: (m.bool()[:, :, None] & m.bool()[:, None, :])
-     | torch.eye(m.shape[1], dtype=torch.bool), "wrong values"),
+     | torch.eye(m.shape[1], dtype=torch.bool),
+     r"wrong values, .* \(expected (True|False), got (True|False)\)"),
+    # indices are named as integers (they read 'expected 0.000000, got 6.000000')
+    (ch10.check_cosine_top_k, lambda q, K, k: sims(q, K).argsort()[-k:],
+     r"wrong values, .* \(expected \d+, got \d+\)"),
     (ch10.check_wordpiece_greedy, lambda w, v: wordpiece_greedy(w, v)[:-1] if len(w) > 3
      else wordpiece_greedy(w, v), "expected"),
     (ch10.check_mean_pool, lambda h, m: mean_pool(h, m).double(), "expected dtype"),
+    # wrong answers that coincide with a catalogued mistake on one case only get the value
+    # message, not that mistake's hint ('every entry is True', 'every chosen position became
+    # [MASK]', 'you divided by T'), which would send the student after the wrong bug
+    (ch10.check_bidirectional_mask, lambda m: bidirectional_mask(m[:1].expand(len(m), -1)),
+     r"wrong values, .* \(expected (True|False), got (True|False)\)"),
+    (ch10.check_mlm_masking, other_partition, r"inputs\[\d+, \d+\] is \d+, expected"),
+    (ch10.check_mean_pool, lambda h, m: summed(h, m) / m[0].sum(), r"wrong values, largest"),
+    # a missing return is named as such (was 'returned NoneType: return a pair')
+    (ch10.check_mlm_masking, lambda *a: None, "did you forget `return`"),
+    (ch10.check_wordpiece_greedy, lambda w, v: None, "did you forget `return`"),
+    # zeros where mask_id belongs (passed while every case used mask_id = 0)
+    (ch10.check_mlm_masking, masked_with_zeros, r"inputs\[\d+, \d+\] is 0, expected"),
 ])
 def test_other_wrong_answers_are_rejected(check, wrong, message):
     with pytest.raises(AssertionError, match=message):
@@ -301,7 +360,9 @@ def test_wordpiece_catalogue_variants_differ_from_the_right_answer():
                 lambda w, v: ch10._greedy(w, v, on_fail="piece_unk"),
                 lambda w, v: ch10._greedy(w, v, on_fail="skip"),
                 lambda w, v: ch10._greedy(w, v, on_fail="empty"),
-                lambda w, v: ch10._greedy(w, v, on_fail="prefix_unk")]
+                lambda w, v: ch10._greedy(w, v, on_fail="prefix_unk"),
+                lambda w, v: ch10._greedy(w, v, prefix_rest=False, hash_out=True),
+                ch10._backtracking]
     for v in variants:
         assert any(v(w, ch10._VOCAB) != wordpiece(w, ch10._VOCAB) for w in ch10._WORDS)
     assert ch10._greedy("unaffable", ch10._VOCAB) == wordpiece("unaffable", ch10._VOCAB)

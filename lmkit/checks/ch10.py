@@ -13,7 +13,18 @@ from torch import Tensor
 from ..mlm import IGNORE_INDEX, apply_masking
 from ..model import mean_pool
 from ..wordpiece import wordpiece
-from .common import INPLACE, Mistake, call_tensors, checker, close, compare, fail, passed, shape_of
+from .common import (
+    INPLACE,
+    NO_RETURN,
+    Mistake,
+    call_tensors,
+    checker,
+    close,
+    compare,
+    fail,
+    passed,
+    shape_of,
+)
 
 __all__ = ["check_bidirectional_mask", "check_mlm_masking", "check_wordpiece_greedy",
            "check_mean_pool", "check_cosine_top_k", "MISTAKES"]
@@ -111,7 +122,8 @@ MISTAKES: dict[str, dict[str, Mistake]] = {
                       "of the vocabulary that starts where you are, then goes on"),
         "no_hash": M("looking up later pieces without '##'",
                      "pieces after the first must be looked up (and returned) with the '##' "
-                     "prefix, which marks a piece that continues a word"),
+                     "prefix, which marks a piece that continues a word: 'play' and '##play' "
+                     "are different entries of the vocabulary"),
         "hash_first": M("'##' on the first piece too", "the first piece of a word has no '##' "
                         "prefix; only the pieces that continue it do"),
         "piece_unk": M("[UNK] for the failing character only",
@@ -125,6 +137,10 @@ MISTAKES: dict[str, dict[str, Mistake]] = {
         "prefix_unk": M("keeping the pieces found before a failure, then [UNK]",
                         "when a later part of the word matches nothing, the whole word is "
                         "['[UNK]']: drop the pieces you found before it"),
+        "backtrack": M("trying a shorter piece when the rest of the word matches nothing",
+                       "WordPiece never goes back: it keeps the longest piece it found, and if "
+                       "what follows matches nothing the whole word is ['[UNK]'], even when a "
+                       "shorter piece would have led to a full cut"),
         "right_to_left": M("matching from the end of the word",
                            "you matched from the end of the word; WordPiece reads left to "
                            "right, longest prefix first"),
@@ -194,6 +210,34 @@ def _padding(lengths: list[int], T: int, left: bool = False) -> Tensor:
     return m.flip(1) if left else m  # left padding: the real tokens at the end
 
 
+def _explaining(results: list, same) -> str | None:
+    """The hint of the mistake that explains the answer on EVERY case (case, got, want,
+    [(mistake's output, hint), ...]), or None. On a single case an unrelated wrong answer
+    may coincide with a mistake (the first sequence's mask used for all is 'all True' when
+    that sequence has no padding); a mistake missing from a case gives the right answer there."""
+    hints = list(dict.fromkeys(h for r in results for _, h in r[3]))
+    for hint in hints:
+        outs = [{h: o for o, h in r[3]}.get(hint, r[2]) for r in results]
+        if all(same(got, out) or same(got, want) and same(out, want)
+               for (_, got, want, *_), out in zip(results, outs)):
+            return hint
+    return None
+
+
+def _verdict(name: str, results: list, n_cases: int) -> None:
+    """Pass, or fail with the hint of the mistake that explains every case, or else with the
+    first wrong value (`compare`'s message) of the first wrong case."""
+    if all(close(got, want) for _, got, want, *_ in results):
+        passed(name, n_cases)
+        return
+    hint = _explaining(results, close)
+    if hint is not None:
+        case = next(c for c, got, want, *_ in results if not close(got, want))
+        fail(f"{name} on {case}: {hint}")
+    for case, got, want, *_ in results:
+        compare(name, case, got, want, [])
+
+
 # ----------------------------------------------------------------------------- exercise 1
 
 
@@ -220,6 +264,7 @@ def check_bidirectional_mask(fn) -> None:
     H = MISTAKES["bidirectional_mask"]
     cases = [([4, 2, 3], 4, False), ([5], 5, False), ([1, 6], 6, False), ([3, 3], 3, False),
              ([2, 7, 5, 1], 7, False), ([2, 4, 3], 4, True)]
+    results = []
     for lengths, T, left in cases:
         m = _padding(lengths, T, left)
         got = call_tensors(fn, m, name="bidirectional_mask")
@@ -233,17 +278,16 @@ def check_bidirectional_mask(fn) -> None:
         if isinstance(got, Tensor) and got.shape in ((len(lengths), T), (len(lengths), 1, T)):
             fail(f"bidirectional_mask on {case}: expected shape (B, T, T) = "
                  f"{(len(lengths), T, T)}, got {shape_of(got)}: {H['shape'].hint}")
+        if not (isinstance(got, Tensor) and got.shape == want.shape and got.dtype == want.dtype):
+            compare("bidirectional_mask", case, got, want, [],  # fails: type, shape or dtype
+                    shape_hint="One (T, T) matrix per sequence: [b, i, j] says whether query "
+                               "i may attend to key j.")
         mistakes = _wrong_masks(m)
         if left:
             mistakes.append((_padding(lengths, T).bool()[:, None, :].expand(len(lengths), T, T),
                              H["right_only"].hint))
-        if isinstance(got, Tensor) and got.dtype == torch.bool:  # compare as 0/1: a bool
-            got, want = got.long(), want.long()  # tensor cannot be subtracted for the message
-            mistakes = [(w.long(), hint) for w, hint in mistakes]
-        compare("bidirectional_mask", case, got, want, mistakes,
-                shape_hint="One (T, T) matrix per sequence: [b, i, j] says whether query i "
-                           "may attend to key j.")
-    passed("bidirectional_mask", len(cases))
+        results.append((case, got, want, mistakes))
+    _verdict("bidirectional_mask", results, len(cases))
 
 
 # ----------------------------------------------------------------------------- exercise 2
@@ -298,6 +342,7 @@ def check_mlm_masking(fn) -> None:
     H = MISTAKES["mlm_masking"]
     g = torch.Generator().manual_seed(0)
     cases = [(2, 12, 50, 0.15), (4, 40, 100, 0.15), (1, 8, 20, 0.5), (3, 25, 1000, 0.3)]
+    results = []
     for B, T, V, p in cases:
         ids = torch.randint(1, V, (B, T), generator=g)
         u1, u2 = torch.rand(B, T, generator=g), torch.rand(B, T, generator=g)
@@ -307,31 +352,40 @@ def check_mlm_masking(fn) -> None:
         u1[0, 1], u2[0, 1] = 0.0, 0.8
         u1[0, 2], u2[0, 2] = 0.0, 0.9
         rnd = torch.randint(1, V, (B, T), generator=g)
-        mask_id = 0
+        mask_id = V  # one id past the vocabulary, as [MASK] in the chapter (not 0: writing
+        # zeros instead of mask_id must fail)
         got = call_tensors(fn, ids, u1, u2, rnd, mask_id, p, name="mlm_masking")
         case = f"ids of shape {(B, T)}, p={p}"
+        if got is None:
+            fail(f"mlm_masking on {case}: {NO_RETURN.hint}")
         if not (isinstance(got, tuple) and len(got) == 2):
             fail(f"mlm_masking on {case} returned {type(got).__name__}: {H['not_pair'].hint}")
         want = apply_masking(ids, u1, u2, rnd, mask_id, p)
-        if all(isinstance(t, Tensor) and t.dtype == w.dtype and torch.equal(t, w)
-               for t, w in zip(got, want)):
-            continue
-        for (w_in, w_lab), hint in _wrong_maskings(ids, u1, u2, rnd, mask_id, p):
-            if all(isinstance(t, Tensor) and t.shape == w.shape and t.dtype == w.dtype
-                   and torch.equal(t, w) for t, w in zip(got, (w_in, w_lab))):
-                fail(f"mlm_masking on {case}: {hint}")
         for what, t, w in zip(("inputs", "labels"), got, want):
             if not isinstance(t, Tensor) or t.shape != w.shape or t.dtype != w.dtype:
                 fail(f"mlm_masking on {case}: {what} should be a {w.dtype} tensor of shape "
                      f"{tuple(w.shape)}, got {shape_of(t)}"
                      + (f" of dtype {t.dtype}" if isinstance(t, Tensor) else "")
                      + f": {H['dtype'].hint}")
+        results.append((case, got, want, _wrong_maskings(ids, u1, u2, rnd, mask_id, p),
+                        (T, ids, u1, u2, rnd)))
+
+    def same(a, b):
+        return all(torch.equal(t, w) for t, w in zip(a, b))
+
+    if all(same(got, want) for _, got, want, *_ in results):
+        passed("mlm_masking", len(cases))
+        return
+    hint = _explaining(results, same)
+    for case, got, want, _, (T, ids, u1, u2, rnd) in results:
+        if hint is not None and not same(got, want):
+            fail(f"mlm_masking on {case}: {hint}")
+        for what, t, w in zip(("inputs", "labels"), got, want):
             if not torch.equal(t, w):
                 b, i = divmod(int((t != w).flatten().nonzero()[0]), T)
                 fail(f"mlm_masking on {case}: {what}[{b}, {i}] is {int(t[b, i])}, expected "
                      f"{int(w[b, i])} (u_select={u1[b, i]:.3f}, u_kind={u2[b, i]:.3f}, "
                      f"ids={int(ids[b, i])}, random_ids={int(rnd[b, i])})")
-    passed("mlm_masking", len(cases))
 
 
 # ----------------------------------------------------------------------------- exercise 3
@@ -351,7 +405,9 @@ def _shortest_first(word, vocab):
     return pieces
 
 
-def _greedy(word, vocab, prefix_first=False, prefix_rest=True, on_fail="unk"):
+def _greedy(word, vocab, prefix_first=False, prefix_rest=True, on_fail="unk",
+            hash_out=False):
+    """WordPiece with one mistake; `hash_out`: looked up without '##' but returned with it."""
     pieces, start = [], 0
     while start < len(word):
         end = len(word)
@@ -360,6 +416,8 @@ def _greedy(word, vocab, prefix_first=False, prefix_rest=True, on_fail="unk"):
             if pre + word[start:end] in vocab:
                 break
             end -= 1
+        if hash_out and end > start and start > 0:
+            pre = "##"
         if end == start:
             if on_fail == "unk":
                 return ["[UNK]"]
@@ -374,6 +432,18 @@ def _greedy(word, vocab, prefix_first=False, prefix_rest=True, on_fail="unk"):
         pieces.append(pre + word[start:end])
         start = end
     return pieces
+
+
+def _backtracking(word, vocab, start=0):
+    """A full cut if there is one (a shorter piece when the longest leads nowhere)."""
+    if start == len(word):
+        return []
+    for end in range(len(word), start, -1):
+        piece = word[start:end] if start == 0 else "##" + word[start:end]
+        rest = _backtracking(word, vocab, end) if piece in vocab else None
+        if rest is not None and rest != ["[UNK]"]:
+            return [piece] + rest
+    return ["[UNK]"] if start == 0 else None
 
 
 def _right_to_left(word, vocab):
@@ -394,10 +464,12 @@ def _right_to_left(word, vocab):
 
 _VOCAB = {"[UNK]", "un", "una", "##aff", "##able", "##ffable", "##a", "##f", "##b", "##l", "##e",
           "a", "f", "play", "##ing", "##in", "##g", "##s", "p", "##lay", "pla", "##y", "##er",
-          "aff", "able", "b", "##p", "x", "##x", "##yer"}
+          "aff", "able", "b", "##p", "x", "##x", "##yer", "##yz"}
 
+# "playz": greedy takes "play", then "z" matches nothing ("pla" + "##yz" would cut it, but
+# WordPiece never goes back); "aplay": "play" is in the vocabulary, "##play" is not
 _WORDS = ["unaffable", "playing", "plays", "player", "a", "unx", "zebra", "aaa", "play",
-          "playingx", "fab", "x" * 30, "pax", "playz"]
+          "playingx", "fab", "x" * 30, "pax", "playz", "aplay"]
 
 
 @checker
@@ -407,11 +479,13 @@ def check_wordpiece_greedy(fn) -> None:
     wrong = [
         (_shortest_first, H["shortest"].hint),
         (lambda w, v: _greedy(w, v, prefix_rest=False), H["no_hash"].hint),
+        (lambda w, v: _greedy(w, v, prefix_rest=False, hash_out=True), H["no_hash"].hint),
         (lambda w, v: _greedy(w, v, prefix_first=True), H["hash_first"].hint),
         (lambda w, v: _greedy(w, v, on_fail="piece_unk"), H["piece_unk"].hint),
         (lambda w, v: _greedy(w, v, on_fail="skip"), H["skip"].hint),
         (lambda w, v: _greedy(w, v, on_fail="empty"), H["empty"].hint),
         (lambda w, v: _greedy(w, v, on_fail="prefix_unk"), H["prefix_unk"].hint),
+        (_backtracking, H["backtrack"].hint),
         (_right_to_left, H["right_to_left"].hint),
         (lambda w, v: [w] if w in v else ["[UNK]"], H["whole_word"].hint),
         (lambda w, v: list(w) if all(c in v or "##" + c in v for c in w) else ["[UNK]"],
@@ -421,6 +495,8 @@ def check_wordpiece_greedy(fn) -> None:
     for word in _WORDS:
         got = call_tensors(fn, word, set(_VOCAB), name="wordpiece_greedy")
         case = f"word {word!r}"
+        if got is None:
+            fail(f"wordpiece_greedy on {case}: {NO_RETURN.hint}")
         if isinstance(got, str):
             fail(f"wordpiece_greedy on {case} returned the string {got!r}: {H['string'].hint}")
         if not isinstance(got, list):
@@ -450,6 +526,7 @@ def check_mean_pool(fn) -> None:
     g = torch.Generator().manual_seed(0)
     cases = [([5, 2, 3], 5, 4, False), ([4], 4, 3, False), ([1, 6], 6, 8, False),
              ([3, 3, 1, 2], 3, 5, False), ([2, 5, 3], 5, 4, True)]
+    results = []
     for lengths, T, C, left in cases:
         h = torch.randn(len(lengths), T, C, generator=g) + 1.0
         m = _padding(lengths, T, left)
@@ -472,9 +549,11 @@ def check_mean_pool(fn) -> None:
                              H["right_only"].hint))
         case = (f"h of shape {(len(lengths), T, C)}, real lengths {lengths}"
                 + (", padded on the left" if left else ""))
-        compare("mean_pool", case, got, want, mistakes,
-                shape_hint=H["shape"].hint[0].upper() + H["shape"].hint[1:] + ".")
-    passed("mean_pool", len(cases))
+        if not (isinstance(got, Tensor) and got.shape == want.shape and got.dtype == want.dtype):
+            compare("mean_pool", case, got, want, [],  # fails: type, shape or dtype
+                    shape_hint=H["shape"].hint[0].upper() + H["shape"].hint[1:] + ".")
+        results.append((case, got, want, mistakes))
+    _verdict("mean_pool", results, len(cases))
 
 
 # ----------------------------------------------------------------------------- exercise 5

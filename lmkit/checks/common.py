@@ -342,8 +342,13 @@ def compare(name: str, case: str, got, want: Tensor, mistakes: list[tuple[Tensor
         where = f"x = {x.flatten()[i]:.4f}"
     else:
         where = f"index {tuple(int(j) for j in torch.unravel_index(torch.tensor(i), want.shape))}"
-    fail(f"{name} on {case}: wrong values, largest error {err.max():.3g} at {where} "
-         f"(expected {w.flatten()[i]:.6f}, got {g.flatten()[i]:.6f})")
+    if want.dtype == torch.bool:  # a mask: True/False, not 1.000000/0.000000
+        values = f"expected {bool(w.flatten()[i])}, got {bool(g.flatten()[i])}"
+    elif not want.dtype.is_floating_point:  # indices, token ids: 6, not 6.000000
+        values = f"expected {int(w.flatten()[i])}, got {int(g.flatten()[i])}"
+    else:
+        values = f"expected {w.flatten()[i]:.6f}, got {g.flatten()[i]:.6f}"
+    fail(f"{name} on {case}: wrong values, largest error {err.max():.3g} at {where} ({values})")
 
 
 def grads_flow(name: str, case: str, got: Tensor, want: Tensor, wrt: dict[str, Tensor]) -> None:
