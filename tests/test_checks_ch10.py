@@ -159,19 +159,56 @@ W2 = [
 # ----------------------------------------------------------------- exercise 3: wordpiece_greedy
 
 
-def wordpiece_greedy(word, vocab, on_fail=lambda pieces: ["[UNK]"]):
+def wordpiece_greedy(word, vocab, on_fail=lambda pieces: ["[UNK]"], prefix_first=False,
+                     prefix_rest=True, go_on=None):
+    """Right by default; each keyword is one student's slip. `go_on`: at a character that
+    starts no piece, "skip" it or put "[UNK]" for it and carry on, instead of `on_fail`."""
     pieces, start = [], 0
     while start < len(word):
         end = len(word)
         while end > start:
-            piece = word[start:end] if start == 0 else "##" + word[start:end]
+            hashed = (start > 0 and prefix_rest) or (start == 0 and prefix_first)
+            piece = ("##" if hashed else "") + word[start:end]
             if piece in vocab:
                 break
             end -= 1
         if end == start:
-            return on_fail(pieces)
+            if go_on is None:
+                return on_fail(pieces)
+            if go_on == "unk":
+                pieces.append("[UNK]")
+            start += 1
+            continue
         pieces.append(piece)
         start = end
+    return pieces
+
+
+def shortest_first(word, vocab):  # the shortest piece that matches, not the longest
+    pieces, start = [], 0
+    while start < len(word):
+        for end in range(start + 1, len(word) + 1):
+            piece = word[start:end] if start == 0 else "##" + word[start:end]
+            if piece in vocab:
+                break
+        else:
+            return ["[UNK]"]
+        pieces.append(piece)
+        start = end
+    return pieces
+
+
+def right_to_left(word, vocab):  # longest match from the end of the word backwards
+    pieces, end = [], len(word)
+    while end > 0:
+        for start in range(end):
+            piece = word[start:end] if start == 0 else "##" + word[start:end]
+            if piece in vocab:
+                break
+        else:
+            return ["[UNK]"]
+        pieces.insert(0, piece)
+        end = start
     return pieces
 
 
@@ -204,17 +241,17 @@ def backtracking(word, vocab):  # a shorter piece when the longest leads to no f
 
 
 W3 = [
-    Wrong("wordpiece_greedy", "shortest", ch10._shortest_first),
-    Wrong("wordpiece_greedy", "no_hash", lambda w, v: ch10._greedy(w, v, prefix_rest=False)),
+    Wrong("wordpiece_greedy", "shortest", shortest_first),
+    Wrong("wordpiece_greedy", "no_hash", lambda w, v: wordpiece_greedy(w, v, prefix_rest=False)),
     Wrong("wordpiece_greedy", "no_hash", plain_lookup),
     Wrong("wordpiece_greedy", "backtrack", backtracking),
-    Wrong("wordpiece_greedy", "hash_first", lambda w, v: ch10._greedy(w, v, prefix_first=True)),
-    Wrong("wordpiece_greedy", "piece_unk", lambda w, v: ch10._greedy(w, v, on_fail="piece_unk")),
-    Wrong("wordpiece_greedy", "skip", lambda w, v: ch10._greedy(w, v, on_fail="skip")),
+    Wrong("wordpiece_greedy", "hash_first", lambda w, v: wordpiece_greedy(w, v, prefix_first=True)),
+    Wrong("wordpiece_greedy", "piece_unk", lambda w, v: wordpiece_greedy(w, v, go_on="unk")),
+    Wrong("wordpiece_greedy", "skip", lambda w, v: wordpiece_greedy(w, v, go_on="skip")),
     Wrong("wordpiece_greedy", "empty", lambda w, v: wordpiece_greedy(w, v, lambda p: [])),
     Wrong("wordpiece_greedy", "prefix_unk", lambda w, v: wordpiece_greedy(
         w, v, lambda p: p + ["[UNK]"])),
-    Wrong("wordpiece_greedy", "right_to_left", ch10._right_to_left),
+    Wrong("wordpiece_greedy", "right_to_left", right_to_left),
     Wrong("wordpiece_greedy", "whole_word", lambda w, v: [w] if w in v else ["[UNK]"]),
     Wrong("wordpiece_greedy", "chars", lambda w, v: list(w) if all(
         c in v or "##" + c in v for c in w) else ["[UNK]"]),
@@ -354,15 +391,10 @@ def test_wordpiece_catalogue_variants_differ_from_the_right_answer():
     """Each modelled mistake gives a different answer on at least one of the checker's words."""
     from lmkit.wordpiece import wordpiece
 
-    variants = [ch10._shortest_first, ch10._right_to_left,
-                lambda w, v: ch10._greedy(w, v, prefix_rest=False),
-                lambda w, v: ch10._greedy(w, v, prefix_first=True),
-                lambda w, v: ch10._greedy(w, v, on_fail="piece_unk"),
-                lambda w, v: ch10._greedy(w, v, on_fail="skip"),
-                lambda w, v: ch10._greedy(w, v, on_fail="empty"),
-                lambda w, v: ch10._greedy(w, v, on_fail="prefix_unk"),
-                lambda w, v: ch10._greedy(w, v, prefix_rest=False, hash_out=True),
-                ch10._backtracking]
+    variants = [w.fn for w in W3 if w.mistake in (
+        "shortest", "no_hash", "backtrack", "hash_first", "piece_unk", "skip", "empty",
+        "prefix_unk", "right_to_left")]
+    assert len(variants) == 10
     for v in variants:
         assert any(v(w, ch10._VOCAB) != wordpiece(w, ch10._VOCAB) for w in ch10._WORDS)
-    assert ch10._greedy("unaffable", ch10._VOCAB) == wordpiece("unaffable", ch10._VOCAB)
+    assert all(wordpiece_greedy(w, ch10._VOCAB) == wordpiece(w, ch10._VOCAB) for w in ch10._WORDS)
